@@ -1,0 +1,399 @@
+//! `_core.Loop`: the loop's state and its hot-path methods.
+//!
+//! The Python class `ferroloop.Loop` derives from this and from
+//! `asyncio.AbstractEventLoop`; it adds the cold orchestration (run_forever's set-up,
+//! exception handlers, executors, signals). Everything a coroutine step touches —
+//! `call_soon`, timers, the run loop itself — is here.
+//!
+//! Borrowing rule: `state` is borrowed only for short stretches that never call into
+//! Python and never drop a Python object; whatever must be dropped is moved out first.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ferroloop_core::dns::Resolver;
+use ferroloop_core::poll::{Interest, Poller};
+use ferroloop_core::timer::TimerHeap;
+use ferroloop_core::waker::Waker;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::gc::{PyTraverseError, PyVisit};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::gil_cell::GilCell;
+use crate::handle::{Handle, TimerHandle};
+
+/// The poller token of the loop's own waker.
+pub const WAKER_TOKEN: u64 = u64::MAX;
+/// asyncio's default `slow_callback_duration`, in seconds.
+const DEFAULT_SLOW_CALLBACK_DURATION: f64 = 0.1;
+
+/// The reader and writer callbacks watching one fd.
+#[derive(Default)]
+pub struct FdWatch {
+    pub reader: Option<Py<Handle>>,
+    pub writer: Option<Py<Handle>>,
+}
+
+impl FdWatch {
+    pub fn interest(&self) -> Interest {
+        Interest {
+            readable: self.reader.is_some(),
+            writable: self.writer.is_some(),
+        }
+    }
+}
+
+/// Everything the loop mutates, behind the GIL (see `GilCell`).
+pub struct LoopState {
+    /// Handles to run in the next iteration, in order.
+    pub ready: VecDeque<Py<Handle>>,
+    /// Scheduled timers.
+    pub timers: TimerHeap<Py<TimerHandle>>,
+    /// fds watched by `add_reader`/`add_writer`.
+    pub fds: HashMap<RawFd, FdWatch>,
+    /// Futures waiting for a DNS answer, by request id.
+    pub dns_waiters: HashMap<u64, Py<PyAny>>,
+    pub next_dns_id: u64,
+    /// Shared so the run loop can wait on it with the state released; `None` once closed.
+    pub poller: Option<Arc<Poller>>,
+    pub waker: Option<Arc<Waker>>,
+    pub resolver: Option<Resolver>,
+}
+
+/// The Rust half of a ferroloop event loop.
+#[pyclass(module = "ferroloop._core", name = "Loop", subclass, frozen)]
+pub struct EventLoop {
+    pub state: GilCell<LoopState>,
+    pub closed: AtomicBool,
+    /// Set by `stop()`; the run loop finishes its iteration and returns.
+    pub stopping: AtomicBool,
+    pub running: AtomicBool,
+    pub debug: AtomicBool,
+    /// True while the run loop waits in the poller with the GIL released. Set and cleared
+    /// by the loop thread while it holds the GIL; `call_soon_threadsafe` (which holds the
+    /// GIL too) wakes the poller only when it is set, so a wake is never lost and never
+    /// paid for when the loop is busy.
+    pub polling: AtomicBool,
+    /// Set by DNS workers when an answer is ready; swapped back by the run loop.
+    pub dns_pending: Arc<AtomicBool>,
+    /// Timers cancelled while in the heap, not yet reported to `state.timers`.
+    pub cancelled_timers: Arc<AtomicUsize>,
+    /// `slow_callback_duration` as f64 bits.
+    slow_callback_duration: AtomicU64,
+    /// The clock's resolution in nanoseconds: timers due within it fire now, as in asyncio.
+    pub clock_resolution_ns: i64,
+}
+
+pub fn closed_error() -> PyErr {
+    PyRuntimeError::new_err("Event loop is closed")
+}
+
+impl EventLoop {
+    /// Raises `RuntimeError('Event loop is closed')` when closed.
+    #[inline]
+    pub fn ensure_open(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            Err(closed_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Appends a handle to the ready queue.
+    #[inline]
+    pub fn push_ready(&self, py: Python<'_>, handle: Py<Handle>) {
+        self.state.borrow_mut(py).ready.push_back(handle);
+    }
+
+    /// Wakes the run loop if it is waiting in the poller.
+    pub fn wake_if_polling(&self, py: Python<'_>) {
+        if self.polling.load(Ordering::SeqCst) {
+            let waker = self.state.borrow_mut(py).waker.clone();
+            if let Some(waker) = waker {
+                // A failed eventfd write leaves nothing to recover: the loop still wakes
+                // at its next timer, and the failure cannot be reported to the caller's
+                // thread meaningfully.
+                let _ = waker.wake();
+            }
+        }
+    }
+
+    pub fn slow_callback_secs(&self) -> f64 {
+        f64::from_bits(self.slow_callback_duration.load(Ordering::Relaxed))
+    }
+
+    /// Debug-mode checks asyncio makes before scheduling: the calling thread and the
+    /// callback's type. Delegated to the Python layer; only called in debug mode.
+    fn debug_checks(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        method: &str,
+        check_thread: bool,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        if check_thread {
+            slf.call_method0(pyo3::intern!(py, "_check_thread"))?;
+        }
+        slf.call_method1(pyo3::intern!(py, "_check_callback"), (callback, method))?;
+        Ok(())
+    }
+
+    fn schedule_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+        method: &str,
+        threadsafe: bool,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.ensure_open()?;
+        if this.debug.load(Ordering::Relaxed) {
+            Self::debug_checks(slf, &callback, method, !threadsafe)?;
+        }
+        let handle = Py::new(py, Handle::create(py, callback.unbind(), args.unbind(), context)?)?;
+        if this.debug.load(Ordering::Relaxed) {
+            slf.call_method1(pyo3::intern!(py, "_capture_source_traceback"), (&handle,))?;
+        }
+        this.push_ready(py, handle.clone_ref(py));
+        if threadsafe {
+            this.wake_if_polling(py);
+        }
+        Ok(handle)
+    }
+}
+
+#[pymethods]
+impl EventLoop {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn py_new(
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
+    ) -> PyResult<Self> {
+        let poller = Poller::new()?;
+        let waker = Waker::new()?;
+        use std::os::fd::AsRawFd;
+        poller.register(waker.as_raw_fd(), WAKER_TOKEN, Interest::READ)?;
+        let resolution = ferroloop_core::clock::resolution_secs();
+        Ok(EventLoop {
+            state: GilCell::new(LoopState {
+                ready: VecDeque::new(),
+                timers: TimerHeap::new(),
+                fds: HashMap::new(),
+                dns_waiters: HashMap::new(),
+                next_dns_id: 0,
+                poller: Some(Arc::new(poller)),
+                waker: Some(Arc::new(waker)),
+                resolver: None,
+            }),
+            closed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+            polling: AtomicBool::new(false),
+            dns_pending: Arc::new(AtomicBool::new(false)),
+            cancelled_timers: Arc::new(AtomicUsize::new(0)),
+            slow_callback_duration: AtomicU64::new(DEFAULT_SLOW_CALLBACK_DURATION.to_bits()),
+            clock_resolution_ns: (resolution * 1e9).ceil() as i64,
+        })
+    }
+
+    /// The loop's clock: `time.monotonic()`.
+    fn time(&self) -> f64 {
+        ferroloop_core::clock::now_secs()
+    }
+
+    /// Schedules `callback(*args)` for the next iteration; returns its `Handle`.
+    #[pyo3(signature = (callback, *args, context = None))]
+    fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        Self::schedule_soon(slf, callback, args, context, "call_soon", false)
+    }
+
+    /// `call_soon` that may be called from any thread; wakes the loop if it sleeps.
+    #[pyo3(signature = (callback, *args, context = None))]
+    fn call_soon_threadsafe(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        Self::schedule_soon(slf, callback, args, context, "call_soon_threadsafe", true)
+    }
+
+    /// Schedules `callback(*args)` at loop time `when`; returns its `TimerHandle`.
+    #[pyo3(signature = (when, callback, *args, context = None))]
+    fn call_at(
+        slf: &Bound<'_, Self>,
+        when: Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let when: f64 = when.extract()?;
+        Self::schedule_at(slf, when, callback, args, context, "call_at")
+    }
+
+    /// Schedules `callback(*args)` after `delay` seconds; returns its `TimerHandle`.
+    #[pyo3(signature = (delay, callback, *args, context = None))]
+    fn call_later(
+        slf: &Bound<'_, Self>,
+        delay: Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let delay: f64 = delay.extract()?;
+        let when = ferroloop_core::clock::now_secs() + delay;
+        Self::schedule_at(slf, when, callback, args, context, "call_later")
+    }
+
+    /// True between `run_forever`'s start and end.
+    fn is_running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// True once `close()` was called.
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Raises `RuntimeError('Event loop is closed')` when the loop is closed.
+    fn _check_closed(&self) -> PyResult<()> {
+        self.ensure_open()
+    }
+
+    /// Asks the running loop to return after the current iteration.
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether debug mode is on (cheap: asyncio's C Future asks on every creation).
+    fn get_debug(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    fn _set_debug_flag(&self, enabled: bool) {
+        self.debug.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Callbacks taking longer than this (seconds) are logged in debug mode.
+    #[getter]
+    fn get_slow_callback_duration(&self) -> f64 {
+        self.slow_callback_secs()
+    }
+
+    #[setter]
+    fn set_slow_callback_duration(&self, value: f64) {
+        self.slow_callback_duration
+            .store(value.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Appends an existing handle to the ready queue (signal delivery uses this).
+    fn _add_callback(&self, py: Python<'_>, handle: Py<Handle>) -> PyResult<()> {
+        self.ensure_open()?;
+        self.push_ready(py, handle);
+        Ok(())
+    }
+
+    /// Number of handles waiting to run and of scheduled timers (for tests and insight).
+    fn _queue_sizes(&self, py: Python<'_>) -> (usize, usize) {
+        let state = self.state.borrow_mut(py);
+        (state.ready.len(), state.timers.len())
+    }
+
+    /// Marks the loop closed and releases its queues, fds, poller and waker.
+    fn _close_core(&self, py: Python<'_>) {
+        if self.closed.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let released = {
+            let mut state = self.state.borrow_mut(py);
+            let ready = std::mem::take(&mut state.ready);
+            let timers = state.timers.drain();
+            let fds = std::mem::take(&mut state.fds);
+            let waiters = std::mem::take(&mut state.dns_waiters);
+            let poller = state.poller.take();
+            let waker = state.waker.take();
+            let resolver = state.resolver.take();
+            (ready, timers, fds, waiters, poller, waker, resolver)
+        };
+        drop(released);
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(state) = self.state.try_borrow_in_gc() else {
+            return Ok(());
+        };
+        for handle in &state.ready {
+            visit.call(handle)?;
+        }
+        for timer in state.timers.iter() {
+            visit.call(timer)?;
+        }
+        for watch in state.fds.values() {
+            visit.call(&watch.reader)?;
+            visit.call(&watch.writer)?;
+        }
+        for future in state.dns_waiters.values() {
+            visit.call(future)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let released = self.state.try_borrow_in_gc().map(|mut state| {
+            (
+                std::mem::take(&mut state.ready),
+                state.timers.drain(),
+                std::mem::take(&mut state.fds),
+                std::mem::take(&mut state.dns_waiters),
+            )
+        });
+        drop(released);
+    }
+}
+
+impl EventLoop {
+    fn schedule_at(
+        slf: &Bound<'_, Self>,
+        when: f64,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+        method: &str,
+    ) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.ensure_open()?;
+        if this.debug.load(Ordering::Relaxed) {
+            Self::debug_checks(slf, &callback, method, true)?;
+        }
+        let handle = Handle::create(py, callback.unbind(), args.unbind(), context)?;
+        let timer = TimerHandle::create(py, handle, when, Arc::clone(&this.cancelled_timers))?;
+        if this.debug.load(Ordering::Relaxed) {
+            slf.call_method1(pyo3::intern!(py, "_capture_source_traceback"), (&timer,))?;
+        }
+        let deadline = timer.get().deadline_ns;
+        this.state
+            .borrow_mut(py)
+            .timers
+            .push(deadline, timer.clone_ref(py));
+        Ok(timer)
+    }
+}

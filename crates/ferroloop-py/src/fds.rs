@@ -1,0 +1,174 @@
+//! `add_reader`/`add_writer`/`remove_reader`/`remove_writer`: callbacks on fd readiness.
+//!
+//! Level-triggered (see `ferroloop_core::poll`): a reader is called on every iteration
+//! while its fd stays readable. One poller registration per fd carries both directions;
+//! changing either re-registers the union.
+
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyInt, PyTuple};
+
+use crate::errors::os_error;
+use crate::event_loop::{EventLoop, FdWatch, LoopState};
+use crate::handle::Handle;
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Read,
+    Write,
+}
+
+/// An fd from an int or an object with `fileno()`, with the errors asyncio's selectors raise.
+pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let fd: i64 = if obj.is_instance_of::<PyInt>() {
+        obj.extract()
+            .map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {obj}")))?
+    } else {
+        let invalid = || {
+            let repr = obj.repr().map(|r| r.to_string()).unwrap_or_default();
+            PyValueError::new_err(format!("Invalid file object: {repr}"))
+        };
+        let fileno = obj.call_method0("fileno").map_err(|_| invalid())?;
+        fileno.extract::<i64>().map_err(|_| invalid())?
+    };
+    if fd < 0 || fd > i32::MAX as i64 {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    }
+    Ok(fd as RawFd)
+}
+
+/// Re-registers `fd` with the poller for the directions still watched, or forgets it.
+/// Errors are ignored: they mean the fd was closed, which already removed it from epoll.
+pub fn apply_interest(state: &mut LoopState, fd: RawFd) {
+    let interest = state.fds.get(&fd).map(FdWatch::interest).unwrap_or_default();
+    if interest.is_empty() {
+        state.fds.remove(&fd);
+    }
+    if let Some(poller) = &state.poller {
+        let _ = poller.register(fd, fd as u64, interest);
+    }
+}
+
+fn slot(watch: &mut FdWatch, direction: Direction) -> &mut Option<Py<Handle>> {
+    match direction {
+        Direction::Read => &mut watch.reader,
+        Direction::Write => &mut watch.writer,
+    }
+}
+
+impl EventLoop {
+    fn add_watch(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        direction: Direction,
+    ) -> PyResult<()> {
+        self.ensure_open()?;
+        let fd = fileobj_to_fd(fd)?;
+        let handle = Py::new(py, Handle::create(py, callback.unbind(), args.unbind(), None)?)?;
+        let outcome = {
+            let mut state = self.state.borrow_mut(py);
+            let state = &mut *state;
+            let watch = state.fds.entry(fd).or_default();
+            let previous = slot(watch, direction).replace(handle);
+            let interest = watch.interest();
+            let registered = match &state.poller {
+                Some(poller) => poller.register(fd, fd as u64, interest),
+                None => Ok(()),
+            };
+            match registered {
+                Ok(()) => Ok(previous),
+                Err(err) => {
+                    // Leave the watch as it was before the call.
+                    let watch = state.fds.get_mut(&fd).expect("entry created above");
+                    let ours = std::mem::replace(slot(watch, direction), previous);
+                    if watch.interest().is_empty() {
+                        state.fds.remove(&fd);
+                    }
+                    Err((err, ours))
+                }
+            }
+        };
+        let replaced = outcome.map_err(|(err, _ours)| os_error(err))?;
+        if let Some(previous) = replaced {
+            previous.call_method0(py, "cancel")?;
+        }
+        Ok(())
+    }
+
+    fn remove_watch(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        direction: Direction,
+    ) -> PyResult<bool> {
+        if self.is_closed_flag() {
+            return Ok(false);
+        }
+        let fd = fileobj_to_fd(fd)?;
+        let removed = {
+            let mut state = self.state.borrow_mut(py);
+            let state = &mut *state;
+            let Some(watch) = state.fds.get_mut(&fd) else {
+                return Ok(false);
+            };
+            let removed = slot(watch, direction).take();
+            if removed.is_some() {
+                apply_interest(state, fd);
+            }
+            removed
+        };
+        match removed {
+            Some(handle) => {
+                handle.call_method0(py, "cancel")?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn is_closed_flag(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[pymethods]
+impl EventLoop {
+    /// Calls `callback(*args)` whenever `fd` is readable; replaces an earlier reader.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        self.add_watch(py, fd, callback, args, Direction::Read)
+    }
+
+    /// Calls `callback(*args)` whenever `fd` is writable; replaces an earlier writer.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        self.add_watch(py, fd, callback, args, Direction::Write)
+    }
+
+    /// Stops watching `fd` for reading; True if a reader was registered.
+    fn remove_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.remove_watch(py, fd, Direction::Read)
+    }
+
+    /// Stops watching `fd` for writing; True if a writer was registered.
+    fn remove_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.remove_watch(py, fd, Direction::Write)
+    }
+}

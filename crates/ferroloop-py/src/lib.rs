@@ -1,0 +1,25 @@
+//! `ferroloop._core`: the Rust half of the ferroloop event loop.
+//!
+//! The Python package `ferroloop` builds its `Loop` class on [`event_loop::EventLoop`].
+//! This crate owns everything on the hot path: scheduling, timers, the run loop, fd
+//! readiness and DNS delivery; the pure-Rust machinery lives in `ferroloop-core`.
+
+mod context;
+mod dns;
+mod errors;
+mod event_loop;
+mod fds;
+mod gil_cell;
+mod handle;
+mod run;
+
+use pyo3::prelude::*;
+
+/// The extension module. `gil_used = true`: `GilCell` relies on the GIL for exclusion.
+#[pymodule(gil_used = true)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<event_loop::EventLoop>()?;
+    m.add_class::<handle::Handle>()?;
+    m.add_class::<handle::TimerHandle>()?;
+    Ok(())
+}

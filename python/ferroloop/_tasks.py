@@ -1,0 +1,48 @@
+"""Futures and tasks: CPython's own asyncio.Future and asyncio.Task, bound to this loop."""
+
+from __future__ import annotations
+
+import sys
+from asyncio import futures, tasks
+
+# 3.13 gave Task.set_name to every task factory's result; before, non-Task results may
+# lack it and asyncio skipped them.
+_ALWAYS_SET_NAME = sys.version_info >= (3, 13)
+
+
+class TasksMixin:
+    """create_future, create_task and the task factory."""
+
+    _task_factory = None
+
+    def create_future(self):
+        """A new asyncio.Future attached to this loop."""
+        return futures.Future(loop=self)
+
+    def create_task(self, coro, *, name=None, context=None, **kwargs):
+        """Wraps `coro` in a Task (or the task factory's result) scheduled on this loop."""
+        self._check_closed()
+        factory = self._task_factory
+        if factory is None:
+            task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
+            if task._source_traceback:
+                del task._source_traceback[-1]
+            return task
+        if context is not None:
+            kwargs["context"] = context
+        task = factory(self, coro, **kwargs)
+        if name is not None:
+            set_name = getattr(task, "set_name", None)
+            if set_name is not None or _ALWAYS_SET_NAME:
+                task.set_name(name)
+        return task
+
+    def set_task_factory(self, factory):
+        """Sets `factory(loop, coro, **kwargs)` as the task factory (None: asyncio.Task)."""
+        if factory is not None and not callable(factory):
+            raise TypeError("task factory must be a callable or None")
+        self._task_factory = factory
+
+    def get_task_factory(self):
+        """The task factory, or None."""
+        return self._task_factory

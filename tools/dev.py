@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Build, demo, test and benchmark ferroloop from a fresh clone.
+
+Usage: python3 tools/dev.py {build,demo,test,lint,conformance,bench}
+
+Everything is installed into ./.venv (created on first use) with the interpreter that
+runs this script, or with the one named by $FERROLOOP_PYTHON. Nothing outside the
+clone is touched. Needs only Python 3.10+ with pip and a stable Rust toolchain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+# Tools the build and the tests need; pinned so a fresh clone builds the same way.
+DEV_REQUIREMENTS = ["maturin>=1.9,<2", "pytest>=8,<10", "ruff==0.14.*"]
+BENCH_REQUIREMENTS = ["uvloop"]
+
+
+def venv_python() -> Path:
+    return VENV / "bin" / "python"
+
+
+def run(cmd: list[str | os.PathLike], **kwargs) -> None:
+    """Run a command from the repo root; stop the whole script if it fails."""
+    printable = " ".join(str(c) for c in cmd)
+    print(f"+ {printable}", flush=True)
+    env = dict(os.environ, VIRTUAL_ENV=str(VENV))
+    env["PATH"] = f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env.update(kwargs.pop("env", {}))
+    result = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env, **kwargs)
+    if result.returncode != 0:
+        sys.exit(f"command failed with exit status {result.returncode}: {printable}")
+
+
+def ensure_venv(extra: list[str] | None = None) -> None:
+    """Create .venv and install the development tools into it (idempotent)."""
+    python = os.environ.get("FERROLOOP_PYTHON", sys.executable)
+    if not venv_python().exists():
+        run([python, "-m", "venv", VENV])
+    stamp = VENV / ".dev-requirements"
+    wanted = "\n".join(DEV_REQUIREMENTS + (extra or []))
+    if not stamp.exists() or stamp.read_text() != wanted:
+        run([venv_python(), "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
+        run([venv_python(), "-m", "pip", "install", "--quiet", *DEV_REQUIREMENTS, *(extra or [])])
+        stamp.write_text(wanted)
+
+
+def build() -> None:
+    """Compile the extension in release mode and install the package into .venv."""
+    ensure_venv()
+    run([VENV / "bin" / "maturin", "develop", "--release", "--quiet"])
+
+
+def demo() -> None:
+    build()
+    run([venv_python(), ROOT / "examples" / "demo.py"])
+
+
+def lint() -> None:
+    ensure_venv()
+    run(["cargo", "fmt", "--all", "--check"])
+    run(["cargo", "clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+    run([VENV / "bin" / "ruff", "check", "python", "tests", "bench", "tools", "examples"])
+    run([VENV / "bin" / "ruff", "format", "--check", "python", "tests", "bench", "tools", "examples"])
+
+
+def conformance() -> None:
+    run([venv_python(), ROOT / "tests" / "conformance" / "run_asyncio_suite.py"])
+
+
+def test() -> None:
+    started = time.monotonic()
+    build()
+    lint()
+    run(["cargo", "test", "-p", "ferroloop-core"])
+    conformance()
+    run([venv_python(), "-m", "pytest", "-q", "tests"])
+    print(f"all checks passed in {time.monotonic() - started:.0f} s")
+
+
+def bench() -> None:
+    ensure_venv(BENCH_REQUIREMENTS)
+    build()
+    run([venv_python(), ROOT / "bench" / "run_core.py", *sys.argv[2:]])
+
+
+COMMANDS = {
+    "build": build,
+    "demo": demo,
+    "test": test,
+    "lint": lint,
+    "conformance": conformance,
+    "bench": bench,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=sorted(COMMANDS))
+    args, _ = parser.parse_known_args()
+    COMMANDS[args.command]()
+
+
+if __name__ == "__main__":
+    main()
