@@ -69,7 +69,18 @@ def lint() -> None:
     run(["cargo", "fmt", "--all", "--check"])
     run(["cargo", "clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
     run([VENV / "bin" / "ruff", "check", "python", "tests", "bench", "tools", "examples"])
-    run([VENV / "bin" / "ruff", "format", "--check", "python", "tests", "bench", "tools", "examples"])
+    run(
+        [
+            VENV / "bin" / "ruff",
+            "format",
+            "--check",
+            "python",
+            "tests",
+            "bench",
+            "tools",
+            "examples",
+        ]
+    )
 
 
 def conformance() -> None:

@@ -1,8 +1,8 @@
 """ferroloop: a drop-in asyncio event loop with a Rust engine.
 
-    import ferroloop
-    ferroloop.run(main())                                        # like asyncio.run
-    asyncio.run(main(), loop_factory=ferroloop.new_event_loop)   # Python 3.12+
+import ferroloop
+ferroloop.run(main())                                        # like asyncio.run
+asyncio.run(main(), loop_factory=ferroloop.new_event_loop)   # Python 3.12+
 """
 
 from ._core import Handle, TimerHandle

@@ -24,6 +24,9 @@ def run(main, *, debug=None, **kwargs):
         name = next(iter(kwargs))
         raise TypeError(f"run() got an unexpected keyword argument '{name}'")
     if sys.version_info >= (3, 11):
+        # Checked before the Runner exists: entering it already creates the loop.
+        if events._get_running_loop() is not None:
+            raise RuntimeError("asyncio.run() cannot be called from a running event loop")
         with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
             return runner.run(main)
     return _run_without_runner(main, debug)
@@ -70,8 +73,9 @@ def _cancel_remaining_tasks(loop):
         )
 
 
+# Renamed with a leading underscore in Python 3.14, when policies were deprecated.
 _BasePolicy = getattr(events, "BaseDefaultEventLoopPolicy", None) or getattr(
-    events, "_BaseDefaultEventLoopPolicy"
+    events, "_BaseDefaultEventLoopPolicy", None
 )
 
 

@@ -13,7 +13,14 @@ _COROUTINE_ORIGIN_DEPTH = 10
 
 
 def _stop_loop_of(future):
-    """Done-callback of run_until_complete's future: stop its loop."""
+    """Done-callback of run_until_complete's future: stop its loop.
+
+    A future that ended with KeyboardInterrupt or SystemExit already ended run_forever
+    (the exception propagated out of it); stopping now would leave a stale stop request
+    that ends the loop's next run early.
+    """
+    if not future.cancelled() and isinstance(future.exception(), (KeyboardInterrupt, SystemExit)):
+        return
     future.get_loop().stop()
 
 
@@ -100,6 +107,7 @@ class RunningMixin:
                 f"loop.shutdown_asyncgens() call",
                 ResourceWarning,
                 source=self,
+                stacklevel=2,
             )
         self._asyncgens.add(agen)
 
@@ -115,8 +123,10 @@ class RunningMixin:
             return
         open_agens = list(self._asyncgens)
         self._asyncgens.clear()
-        results = await tasks.gather(*(agen.aclose() for agen in open_agens), return_exceptions=True)
-        for agen, result in zip(open_agens, results):
+        results = await tasks.gather(
+            *(agen.aclose() for agen in open_agens), return_exceptions=True
+        )
+        for agen, result in zip(open_agens, results):  # noqa: B905 (3.10 has no strict=)
             if isinstance(result, Exception):
                 self.call_exception_handler(
                     {

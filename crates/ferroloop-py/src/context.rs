@@ -45,7 +45,10 @@ fn call(py: Python<'_>, callback: &Py<PyAny>, args: &Py<PyTuple>) -> PyResult<()
     let result = unsafe {
         match args.len() {
             0 => ffi::PyObject_CallNoArgs(callback.as_ptr()),
-            1 => ffi::PyObject_CallOneArg(callback.as_ptr(), args.get_borrowed_item_unchecked(0).as_ptr()),
+            1 => ffi::PyObject_CallOneArg(
+                callback.as_ptr(),
+                args.get_borrowed_item_unchecked(0).as_ptr(),
+            ),
             _ => ffi::PyObject_Call(callback.as_ptr(), args.as_ptr(), std::ptr::null_mut()),
         }
     };

@@ -25,7 +25,10 @@ const MAX_RESOLVER_THREADS: usize = 8;
 
 fn cstring(value: Option<&[u8]>) -> PyResult<Option<CString>> {
     value
-        .map(|v| CString::new(v).map_err(|_| pyo3::exceptions::PyValueError::new_err("embedded null character")))
+        .map(|v| {
+            CString::new(v)
+                .map_err(|_| pyo3::exceptions::PyValueError::new_err("embedded null character"))
+        })
         .transpose()
 }
 
@@ -124,12 +127,17 @@ pub fn deliver_answers(slf: &Bound<'_, EventLoop>) -> PyResult<()> {
     };
     for (future, response) in answers {
         let future = future.bind(py);
-        if future.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+        if future
+            .call_method0(pyo3::intern!(py, "done"))?
+            .is_truthy()?
+        {
             continue;
         }
         match response_to_python(py, response) {
             Ok(value) => future.call_method1(pyo3::intern!(py, "set_result"), (value,))?,
-            Err(err) => future.call_method1(pyo3::intern!(py, "set_exception"), (err.into_value(py),))?,
+            Err(err) => {
+                future.call_method1(pyo3::intern!(py, "set_exception"), (err.into_value(py),))?
+            }
         };
     }
     Ok(())
@@ -159,8 +167,14 @@ fn addrinfo_row(py: Python<'_>, row: AddrInfo) -> PyResult<Bound<'_, PyTuple>> {
             port,
             flowinfo,
             scope_id,
-        } => (host, port, flowinfo, scope_id).into_pyobject(py)?.into_any(),
-        SockAddr::Other { family, data } => (family, PyBytes::new(py, &data)).into_pyobject(py)?.into_any(),
+        } => (host, port, flowinfo, scope_id)
+            .into_pyobject(py)?
+            .into_any(),
+        // A row without an address: the socket module gives None.
+        SockAddr::Other { family: 0, data } if data.is_empty() => py.None().into_bound(py),
+        SockAddr::Other { family, data } => (family, PyBytes::new(py, &data))
+            .into_pyobject(py)?
+            .into_any(),
     };
     (row.family, row.socktype, row.protocol, row.canonname, addr).into_pyobject(py)
 }

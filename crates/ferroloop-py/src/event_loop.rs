@@ -155,7 +155,10 @@ impl EventLoop {
         if this.debug.load(Ordering::Relaxed) {
             Self::debug_checks(slf, &callback, method, !threadsafe)?;
         }
-        let handle = Py::new(py, Handle::create(py, callback.unbind(), args.unbind(), context)?)?;
+        let handle = Py::new(
+            py,
+            Handle::create(py, callback.unbind(), args.unbind(), context)?,
+        )?;
         if this.debug.load(Ordering::Relaxed) {
             slf.call_method1(pyo3::intern!(py, "_capture_source_traceback"), (&handle,))?;
         }

@@ -34,7 +34,9 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
         fileno.extract::<i64>().map_err(|_| invalid())?
     };
     if fd < 0 || fd > i32::MAX as i64 {
-        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+        return Err(PyValueError::new_err(format!(
+            "Invalid file descriptor: {fd}"
+        )));
     }
     Ok(fd as RawFd)
 }
@@ -42,7 +44,11 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
 /// Re-registers `fd` with the poller for the directions still watched, or forgets it.
 /// Errors are ignored: they mean the fd was closed, which already removed it from epoll.
 pub fn apply_interest(state: &mut LoopState, fd: RawFd) {
-    let interest = state.fds.get(&fd).map(FdWatch::interest).unwrap_or_default();
+    let interest = state
+        .fds
+        .get(&fd)
+        .map(FdWatch::interest)
+        .unwrap_or_default();
     if interest.is_empty() {
         state.fds.remove(&fd);
     }
@@ -69,7 +75,10 @@ impl EventLoop {
     ) -> PyResult<()> {
         self.ensure_open()?;
         let fd = fileobj_to_fd(fd)?;
-        let handle = Py::new(py, Handle::create(py, callback.unbind(), args.unbind(), None)?)?;
+        let handle = Py::new(
+            py,
+            Handle::create(py, callback.unbind(), args.unbind(), None)?,
+        )?;
         let outcome = {
             let mut state = self.state.borrow_mut(py);
             let state = &mut *state;

@@ -86,8 +86,16 @@ impl Handle {
             .map(|(callback, args)| (callback.clone_ref(py), args.clone_ref(py)));
         match call {
             Some((callback, args)) => {
-                let callback = callback.bind(py).repr().map(|r| r.to_string()).unwrap_or_default();
-                let args = args.bind(py).repr().map(|r| r.to_string()).unwrap_or_default();
+                let callback = callback
+                    .bind(py)
+                    .repr()
+                    .map(|r| r.to_string())
+                    .unwrap_or_default();
+                let args = args
+                    .bind(py)
+                    .repr()
+                    .map(|r| r.to_string())
+                    .unwrap_or_default();
                 format!("<{kind}{extra} {callback}{args}>")
             }
             None => format!("<{kind}{extra}>"),
@@ -149,7 +157,10 @@ impl Handle {
 
     #[getter]
     fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.source_traceback.borrow_mut(py).as_ref().map(|t| t.clone_ref(py))
+        self.source_traceback
+            .borrow_mut(py)
+            .as_ref()
+            .map(|t| t.clone_ref(py))
     }
 
     #[setter(_source_traceback)]
@@ -259,6 +270,8 @@ impl TimerHandle {
 
     fn __repr__(slf: &Bound<'_, Self>) -> String {
         let extra = format!(" when={}", slf.get().when);
-        slf.as_super().get().describe(slf.py(), "TimerHandle", &extra)
+        slf.as_super()
+            .get()
+            .describe(slf.py(), "TimerHandle", &extra)
     }
 }
