@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import warnings
+from asyncio import coroutines
 
 from . import _core
 from ._dns import DnsMixin
@@ -20,7 +21,14 @@ logger = logging.getLogger("asyncio")
 
 
 def _debug_from_environment() -> bool:
-    """asyncio's rule: debug in development mode or when PYTHONASYNCIODEBUG is set."""
+    """asyncio's rule: debug in development mode or when PYTHONASYNCIODEBUG is set.
+
+    asyncio's own loops ask `asyncio.coroutines._is_debug_mode()`; it is asked here too
+    when it exists, so code (and CPython's tests) that patch it see the same loop.
+    """
+    asyncio_rule = getattr(coroutines, "_is_debug_mode", None)
+    if asyncio_rule is not None:
+        return bool(asyncio_rule())
     if sys.flags.dev_mode:
         return True
     return not sys.flags.ignore_environment and bool(os.environ.get("PYTHONASYNCIODEBUG"))

@@ -39,12 +39,15 @@ impl EventLoop {
         let state = &mut *state;
         if state.resolver.is_none() {
             let pending = Arc::clone(&self.dns_pending);
-            let waker = state.waker.clone();
+            let waker_slot = Arc::clone(&self.dns_waker);
             state.resolver = Some(Resolver::new(
                 MAX_RESOLVER_THREADS,
                 Arc::new(move || {
                     pending.store(true, Ordering::Relaxed);
-                    if let Some(waker) = &waker {
+                    // Under the slot's lock: close() empties the slot under the same lock,
+                    // so after it returns no worker can still hold (or write) the eventfd.
+                    let slot = waker_slot.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(waker) = slot.as_ref() {
                         let _ = waker.wake();
                     }
                 }),

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ferroloop_core::dns::Resolver;
 use ferroloop_core::poll::{Interest, Poller};
@@ -79,6 +79,9 @@ pub struct EventLoop {
     pub polling: AtomicBool,
     /// Set by DNS workers when an answer is ready; swapped back by the run loop.
     pub dns_pending: Arc<AtomicBool>,
+    /// The waker as DNS workers see it. `close()` empties it under the lock, so the
+    /// eventfd is closed by `close()` itself even while a worker is finishing a lookup.
+    pub dns_waker: Arc<Mutex<Option<Arc<Waker>>>>,
     /// Timers cancelled while in the heap, not yet reported to `state.timers`.
     pub cancelled_timers: Arc<AtomicUsize>,
     /// `slow_callback_duration` as f64 bits.
@@ -183,6 +186,7 @@ impl EventLoop {
         use std::os::fd::AsRawFd;
         poller.register(waker.as_raw_fd(), WAKER_TOKEN, Interest::READ)?;
         let resolution = ferroloop_core::clock::resolution_secs();
+        let waker = Arc::new(waker);
         Ok(EventLoop {
             state: GilCell::new(LoopState {
                 ready: VecDeque::new(),
@@ -191,7 +195,7 @@ impl EventLoop {
                 dns_waiters: HashMap::new(),
                 next_dns_id: 0,
                 poller: Some(Arc::new(poller)),
-                waker: Some(Arc::new(waker)),
+                waker: Some(Arc::clone(&waker)),
                 resolver: None,
             }),
             closed: AtomicBool::new(false),
@@ -200,6 +204,7 @@ impl EventLoop {
             debug: AtomicBool::new(false),
             polling: AtomicBool::new(false),
             dns_pending: Arc::new(AtomicBool::new(false)),
+            dns_waker: Arc::new(Mutex::new(Some(waker))),
             cancelled_timers: Arc::new(AtomicUsize::new(0)),
             slow_callback_duration: AtomicU64::new(DEFAULT_SLOW_CALLBACK_DURATION.to_bits()),
             clock_resolution_ns: (resolution * 1e9).ceil() as i64,
@@ -336,6 +341,12 @@ impl EventLoop {
             let resolver = state.resolver.take();
             (ready, timers, fds, waiters, poller, waker, resolver)
         };
+        let dns_waker = self
+            .dns_waker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(dns_waker);
         drop(released);
     }
 
