@@ -18,7 +18,8 @@
 //! `listening on ADDR` for each (the bound address, so the chosen port for `:0`) on
 //! stdout. Peer errors (resets, broken pipes) are logged to stderr and close only that
 //! connection. SIGINT and SIGTERM keep their default action: the process ends and the
-//! kernel closes every socket.
+//! kernel closes every socket. (A non-interactive shell starts `cmd &` with SIGINT
+//! ignored, and the server inherits that: stop such a background server with SIGTERM.)
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
