@@ -15,11 +15,19 @@ mod run;
 
 use pyo3::prelude::*;
 
+/// Panics with `message`. Exists for the test proving that a Rust panic reaches Python
+/// as an exception (`panic = "unwind"`), never killing the interpreter.
+#[pyfunction]
+fn _panic_for_tests(message: &str) {
+    panic!("{message}");
+}
+
 /// The extension module. `gil_used = true`: `GilCell` relies on the GIL for exclusion.
 #[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::EventLoop>()?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
+    m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     Ok(())
 }
