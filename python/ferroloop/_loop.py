@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import warnings
+import weakref
 from asyncio import coroutines
 
 from . import _core
@@ -46,10 +47,49 @@ class Loop(
 ):
     """An asyncio event loop whose engine is Rust. Create it with `new_event_loop()`."""
 
+    # The unchecked fd-watch primitives that transports use (asyncio has the same names).
+    _add_reader = _core.Loop.add_reader
+    _remove_reader = _core.Loop.remove_reader
+    _add_writer = _core.Loop.add_writer
+    _remove_writer = _core.Loop.remove_writer
+
     def __init__(self):
+        # fd -> transport, so add_reader/add_writer refuse an fd a transport owns.
+        self._transports = weakref.WeakValueDictionary()
         self._init_running()
         self._init_signals()
         self.set_debug(_debug_from_environment())
+
+    def add_reader(self, fd, callback, *args):
+        """Calls `callback(*args)` whenever `fd` is readable (level-triggered)."""
+        self._ensure_fd_no_transport(fd)
+        self._add_reader(fd, callback, *args)
+
+    def remove_reader(self, fd):
+        """Stops watching `fd` for reading; True if a reader was registered."""
+        self._ensure_fd_no_transport(fd)
+        return self._remove_reader(fd)
+
+    def add_writer(self, fd, callback, *args):
+        """Calls `callback(*args)` whenever `fd` is writable (level-triggered)."""
+        self._ensure_fd_no_transport(fd)
+        self._add_writer(fd, callback, *args)
+
+    def remove_writer(self, fd):
+        """Stops watching `fd` for writing; True if a writer was registered."""
+        self._ensure_fd_no_transport(fd)
+        return self._remove_writer(fd)
+
+    def _ensure_fd_no_transport(self, fd):
+        fileno = fd
+        if not isinstance(fileno, int):
+            try:
+                fileno = int(fileno.fileno())
+            except (AttributeError, TypeError, ValueError):
+                raise ValueError(f"Invalid file object: {fd!r}") from None
+        transport = self._transports.get(fileno)
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
 
     def __repr__(self):
         return (

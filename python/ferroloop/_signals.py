@@ -88,7 +88,7 @@ class SignalsMixin:
         reader.setblocking(False)
         writer.setblocking(False)
         self._signal_reader, self._signal_writer = reader, writer
-        self.add_reader(reader.fileno(), self._read_signals)
+        self._add_reader(reader.fileno(), self._read_signals)
 
     def _read_signals(self):
         while True:
@@ -121,6 +121,6 @@ class SignalsMixin:
         reader, writer = self._signal_reader, self._signal_writer
         self._signal_reader = self._signal_writer = None
         if reader is not None:
-            self.remove_reader(reader.fileno())
+            self._remove_reader(reader.fileno())
             reader.close()
             writer.close()
