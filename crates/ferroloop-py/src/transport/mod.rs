@@ -1,0 +1,4 @@
+//! Transports: byte streams over sockets (and later pipes and datagrams).
+
+pub mod stream;
+mod write_buffer;

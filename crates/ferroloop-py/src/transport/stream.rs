@@ -1,0 +1,903 @@
+//! `StreamCore`: the state machine of a socket stream transport (TCP or Unix).
+//!
+//! The Python class `ferroloop._stream.SocketTransport` derives from `asyncio.Transport`
+//! and delegates every method here (a native class cannot share a layout with asyncio's
+//! `__slots__` classes, and being a real `asyncio.Transport` matters to libraries).
+//!
+//! Data path (all Rust): a readable fd runs `_read_ready`, which `recv`s into a reusable
+//! buffer and calls `protocol.data_received(bytes)` — or, for a `BufferedProtocol`,
+//! `recv`s straight into `protocol.get_buffer()` and calls `buffer_updated(n)`.
+//! `write()` sends at once when nothing is queued and queues only the rest; a writable fd
+//! runs `_write_ready`, which flushes the queue with one `sendmsg`. Crossing the high-water
+//! mark calls `protocol.pause_writing()`, draining to the low-water mark `resume_writing()`.
+//!
+//! Semantics follow asyncio's selector transport: the same callbacks in the same order,
+//! the same exceptions and messages. The borrow rule of the loop applies here too: `state`
+//! is never borrowed across a call into Python.
+
+use std::cell::RefCell;
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{
+    PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
+};
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
+
+use super::write_buffer::{send, would_block, WriteBuffer};
+use crate::errors::os_error;
+use crate::gil_cell::GilCell;
+
+/// Bytes one `recv` asks for at most (asyncio's `max_size`).
+const MAX_READ_SIZE: usize = 256 * 1024;
+/// Default high-water mark of the write buffer, in bytes (asyncio's).
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+/// After this many writes on a lost connection, each further write logs a warning.
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+thread_local! {
+    /// One read buffer per loop thread: reads never nest, and the bytes are copied out
+    /// (only as many as arrived) before any Python code runs.
+    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ_SIZE]);
+}
+
+/// How incoming bytes reach the protocol.
+enum Receiver {
+    /// `protocol.data_received`, cached.
+    Data(Py<PyAny>),
+    /// `protocol.get_buffer` and `protocol.buffer_updated`, cached.
+    Buffered(Py<PyAny>, Py<PyAny>),
+}
+
+struct StreamState {
+    /// The Python socket; `None` once the connection is lost and the socket closed.
+    sock: Option<Py<PyAny>>,
+    /// The `asyncio.Transport` object users see; handed to the protocol and in error
+    /// contexts. Dropped at connection_lost, which breaks the owner <-> core cycle.
+    owner: Option<Py<PyAny>>,
+    /// The loop (the Python `ferroloop.Loop`); `None` after connection_lost.
+    event_loop: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+    receiver: Option<Receiver>,
+    server: Option<Py<PyAny>>,
+    buffer: WriteBuffer,
+    high_water: usize,
+    low_water: usize,
+    /// pause_writing() was called and resume_writing() not yet.
+    protocol_paused: bool,
+    /// close() or a fatal error started closing; no more reading.
+    closing: bool,
+    /// write_eof() was called.
+    eof: bool,
+    /// pause_reading() was called.
+    reading_paused: bool,
+    /// Non-zero once connection_lost is scheduled; counts writes after that.
+    conn_lost: u32,
+}
+
+/// The Rust half of a socket stream transport.
+#[pyclass(module = "ferroloop._core", frozen)]
+pub struct StreamCore {
+    fd: RawFd,
+    state: GilCell<StreamState>,
+}
+
+fn receiver_for(protocol: &Bound<'_, PyAny>) -> PyResult<Receiver> {
+    let py = protocol.py();
+    let buffered = py
+        .import("asyncio")?
+        .getattr(intern!(py, "BufferedProtocol"))?;
+    if protocol.is_instance(&buffered)? {
+        Ok(Receiver::Buffered(
+            protocol.getattr(intern!(py, "get_buffer"))?.unbind(),
+            protocol.getattr(intern!(py, "buffer_updated"))?.unbind(),
+        ))
+    } else {
+        Ok(Receiver::Data(
+            protocol.getattr(intern!(py, "data_received"))?.unbind(),
+        ))
+    }
+}
+
+fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+}
+
+/// What `_read_ready` got from the socket.
+enum ReadOutcome {
+    Data(Py<PyBytes>),
+    Filled(usize),
+    Eof,
+    NotReady,
+    Failed(std::io::Error),
+}
+
+impl StreamCore {
+    fn loop_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow_mut(py)
+            .event_loop
+            .as_ref()
+            .map(|l| l.clone_ref(py))
+    }
+
+    fn owner(&self, py: Python<'_>) -> Py<PyAny> {
+        self.state
+            .borrow_mut(py)
+            .owner
+            .as_ref()
+            .map(|o| o.clone_ref(py))
+            .unwrap_or_else(|| py.None())
+    }
+
+    /// `loop.<method>(fd, bound method of self)`, when the loop is still attached.
+    fn watch(
+        slf: &Bound<'_, Self>,
+        method: &Bound<'_, pyo3::types::PyString>,
+        callback: &str,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if let Some(event_loop) = this.loop_obj(py) {
+            let callback = slf.getattr(callback)?;
+            event_loop.call_method1(py, method, (this.fd, callback))?;
+        }
+        Ok(())
+    }
+
+    fn unwatch(&self, py: Python<'_>, method: &Bound<'_, pyo3::types::PyString>) -> PyResult<()> {
+        if let Some(event_loop) = self.loop_obj(py) {
+            event_loop.call_method1(py, method, (self.fd,))?;
+        }
+        Ok(())
+    }
+
+    fn call_protocol(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, pyo3::types::PyString>,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        let protocol = self
+            .state
+            .borrow_mut(py)
+            .protocol
+            .as_ref()
+            .map(|p| p.clone_ref(py));
+        match protocol {
+            Some(protocol) => Ok(Some(protocol.call_method0(py, name)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Calls pause_writing() when the queue went above the high-water mark.
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut state = this.state.borrow_mut(py);
+            if state.buffer.len() <= state.high_water || state.protocol_paused {
+                return Ok(());
+            }
+            state.protocol_paused = true;
+        }
+        Self::notify_protocol(
+            slf,
+            intern!(py, "pause_writing"),
+            "protocol.pause_writing() failed",
+        )
+    }
+
+    /// Calls resume_writing() when the queue drained to the low-water mark.
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut state = this.state.borrow_mut(py);
+            if !state.protocol_paused || state.buffer.len() > state.low_water {
+                return Ok(());
+            }
+            state.protocol_paused = false;
+        }
+        Self::notify_protocol(
+            slf,
+            intern!(py, "resume_writing"),
+            "protocol.resume_writing() failed",
+        )
+    }
+
+    fn notify_protocol(
+        slf: &Bound<'_, Self>,
+        name: &Bound<'_, pyo3::types::PyString>,
+        message: &str,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        match slf.get().call_protocol(py, name) {
+            Ok(_) => Ok(()),
+            Err(err) if is_exit(py, &err) => Err(err),
+            Err(err) => {
+                let context = PyDict::new(py);
+                context.set_item("message", message)?;
+                context.set_item("exception", err.into_value(py))?;
+                Self::add_transport_context(slf, &context)?;
+                Self::report(slf, context)
+            }
+        }
+    }
+
+    fn add_transport_context(slf: &Bound<'_, Self>, context: &Bound<'_, PyDict>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let protocol = this
+            .state
+            .borrow_mut(py)
+            .protocol
+            .as_ref()
+            .map(|p| p.clone_ref(py));
+        context.set_item("transport", this.owner(py))?;
+        context.set_item("protocol", protocol)?;
+        Ok(())
+    }
+
+    fn report(slf: &Bound<'_, Self>, context: Bound<'_, PyDict>) -> PyResult<()> {
+        let py = slf.py();
+        if let Some(event_loop) = slf.get().loop_obj(py) {
+            event_loop.call_method1(py, intern!(py, "call_exception_handler"), (context,))?;
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_fatal_error`: OS errors only close the transport; anything else is also
+    /// reported to the exception handler.
+    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        if is_exit(py, &err) {
+            return Err(err);
+        }
+        let exc = err.into_value(py);
+        if !exc.bind(py).is_instance_of::<pyo3::exceptions::PyOSError>() {
+            let context = PyDict::new(py);
+            context.set_item("message", message)?;
+            context.set_item("exception", exc.clone_ref(py))?;
+            Self::add_transport_context(slf, &context)?;
+            Self::report(slf, context)?;
+        }
+        Self::force_close(slf, Some(exc.into_any()))
+    }
+
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (dropped, had_buffer, was_closing) = {
+            let mut state = this.state.borrow_mut(py);
+            if state.conn_lost > 0 {
+                return Ok(());
+            }
+            let had_buffer = !state.buffer.is_empty();
+            let dropped = state.buffer.take();
+            let was_closing = state.closing;
+            state.closing = true;
+            state.conn_lost += 1;
+            (dropped, had_buffer, was_closing)
+        };
+        drop(dropped);
+        if had_buffer {
+            this.unwatch(py, intern!(py, "_remove_writer"))?;
+        }
+        if !was_closing {
+            this.unwatch(py, intern!(py, "_remove_reader"))?;
+        }
+        Self::schedule_connection_lost(slf, exc)
+    }
+
+    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        if let Some(event_loop) = slf.get().loop_obj(py) {
+            let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
+            event_loop.call_method1(py, intern!(py, "call_soon"), (callback, exc))?;
+        }
+        Ok(())
+    }
+
+    fn read(&self, py: Python<'_>, receiver: &Receiver) -> PyResult<ReadOutcome> {
+        match receiver {
+            Receiver::Data(_) => Ok(READ_BUFFER.with_borrow_mut(|buf| {
+                // SAFETY: `buf` is a valid writable region of `buf.len()` bytes.
+                let n = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                classify(n, |n| {
+                    ReadOutcome::Data(PyBytes::new(py, &buf[..n]).unbind())
+                })
+            })),
+            Receiver::Buffered(get_buffer, _) => {
+                let target = get_buffer.call1(py, (-1,))?;
+                let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
+                // SAFETY: `target` is alive; on success the view is released below.
+                if unsafe {
+                    ffi::PyObject_GetBuffer(target.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_WRITABLE)
+                } != 0
+                {
+                    return Err(PyErr::fetch(py));
+                }
+                // SAFETY: PyObject_GetBuffer succeeded, so the view is initialised.
+                let mut view = unsafe { view.assume_init() };
+                let len = view.len.max(0) as usize;
+                let outcome = if len == 0 {
+                    Err(PyRuntimeError::new_err(
+                        "get_buffer() returned an empty buffer",
+                    ))
+                } else {
+                    // SAFETY: the exporter guarantees `len` writable bytes at `view.buf`
+                    // until the view is released.
+                    let n = unsafe { libc::recv(self.fd, view.buf, len, 0) };
+                    Ok(classify(n, ReadOutcome::Filled))
+                };
+                // SAFETY: releases the view obtained above exactly once.
+                unsafe { ffi::PyBuffer_Release(&mut view) };
+                outcome
+            }
+        }
+    }
+
+    fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let keep_open = match slf.get().call_protocol(py, intern!(py, "eof_received")) {
+            Ok(result) => match result {
+                Some(value) => value.bind(py).is_truthy()?,
+                None => false,
+            },
+            Err(err) => {
+                return Self::fatal_error(
+                    slf,
+                    err,
+                    "Fatal error: protocol.eof_received() call failed.",
+                );
+            }
+        };
+        if keep_open {
+            // Half-closed: the peer sends no more, we may still write.
+            slf.get().unwatch(py, intern!(py, "_remove_reader"))
+        } else {
+            Self::close(slf)
+        }
+    }
+}
+
+fn classify(n: isize, ok: impl FnOnce(usize) -> ReadOutcome) -> ReadOutcome {
+    if n > 0 {
+        ok(n as usize)
+    } else if n == 0 {
+        ReadOutcome::Eof
+    } else {
+        let err = std::io::Error::last_os_error();
+        if would_block(&err) {
+            ReadOutcome::NotReady
+        } else {
+            ReadOutcome::Failed(err)
+        }
+    }
+}
+
+/// The bytes of a `write()` argument: `bytes` is kept by reference, anything else copied.
+enum Payload {
+    Shared(Py<PyBytes>),
+    Copied(Vec<u8>),
+}
+
+fn payload(data: &Bound<'_, PyAny>) -> PyResult<Payload> {
+    if let Ok(bytes) = data.cast::<PyBytes>() {
+        return Ok(Payload::Shared(bytes.clone().unbind()));
+    }
+    if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+        let copy = data
+            .py()
+            .import("builtins")?
+            .getattr("bytes")?
+            .call1((data,))?;
+        let copy = copy.cast_into::<PyBytes>()?;
+        return Ok(Payload::Copied(copy.as_bytes().to_vec()));
+    }
+    Err(PyTypeError::new_err(format!(
+        "data argument must be a bytes-like object, not {:?}",
+        data.get_type().name()?.to_string()
+    )))
+}
+
+#[pymethods]
+impl StreamCore {
+    /// `StreamCore(loop, sock, protocol, owner, server=None)`.
+    #[new]
+    #[pyo3(signature = (event_loop, sock, protocol, owner, server = None))]
+    fn py_new(
+        event_loop: Py<PyAny>,
+        sock: Bound<'_, PyAny>,
+        protocol: Bound<'_, PyAny>,
+        owner: Py<PyAny>,
+        server: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        let receiver = receiver_for(&protocol)?;
+        Ok(StreamCore {
+            fd,
+            state: GilCell::new(StreamState {
+                sock: Some(sock.unbind()),
+                owner: Some(owner),
+                event_loop: Some(event_loop),
+                protocol: Some(protocol.unbind()),
+                receiver: Some(receiver),
+                server,
+                buffer: WriteBuffer::default(),
+                high_water: DEFAULT_HIGH_WATER,
+                low_water: DEFAULT_HIGH_WATER / 4,
+                protocol_paused: false,
+                closing: false,
+                eof: false,
+                reading_paused: false,
+                conn_lost: 0,
+            }),
+        })
+    }
+
+    /// The socket's fd.
+    #[getter]
+    fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// The Python socket, or None once closed.
+    #[getter]
+    fn sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow_mut(py)
+            .sock
+            .as_ref()
+            .map(|s| s.clone_ref(py))
+    }
+
+    /// Called by the loop when the fd is readable.
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let receiver = {
+            let state = this.state.borrow_mut(py);
+            if state.conn_lost > 0 {
+                return Ok(());
+            }
+            match &state.receiver {
+                Some(Receiver::Data(cb)) => Receiver::Data(cb.clone_ref(py)),
+                Some(Receiver::Buffered(g, u)) => {
+                    Receiver::Buffered(g.clone_ref(py), u.clone_ref(py))
+                }
+                None => return Ok(()),
+            }
+        };
+        let outcome = match this.read(py, &receiver) {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                return Self::fatal_error(
+                    slf,
+                    err,
+                    "Fatal error: protocol.get_buffer() call failed.",
+                );
+            }
+        };
+        match (outcome, &receiver) {
+            (ReadOutcome::NotReady, _) => Ok(()),
+            (ReadOutcome::Failed(err), _) => {
+                Self::fatal_error(slf, os_error(err), "Fatal read error on socket transport")
+            }
+            (ReadOutcome::Eof, _) => Self::on_eof(slf),
+            (ReadOutcome::Data(data), Receiver::Data(data_received)) => {
+                match data_received.call1(py, (data,)) {
+                    Ok(_) => Ok(()),
+                    Err(err) => Self::fatal_error(
+                        slf,
+                        err,
+                        "Fatal error: protocol.data_received() call failed.",
+                    ),
+                }
+            }
+            (ReadOutcome::Filled(n), Receiver::Buffered(_, buffer_updated)) => {
+                match buffer_updated.call1(py, (n,)) {
+                    Ok(_) => Ok(()),
+                    Err(err) => Self::fatal_error(
+                        slf,
+                        err,
+                        "Fatal error: protocol.buffer_updated() call failed.",
+                    ),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends `data` at once if nothing is queued; queues what the socket does not take.
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let payload = payload(data)?;
+        let (queue_empty, conn_lost) = {
+            let state = this.state.borrow_mut(py);
+            if state.eof {
+                return Err(PyRuntimeError::new_err(
+                    "Cannot call write() after write_eof()",
+                ));
+            }
+            (state.buffer.is_empty(), state.conn_lost)
+        };
+        let bytes: &[u8] = match &payload {
+            Payload::Shared(b) => b.bind(py).as_bytes(),
+            Payload::Copied(v) => v,
+        };
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if conn_lost > 0 {
+            if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+                py.import("logging")?
+                    .call_method1("getLogger", ("asyncio",))?
+                    .call_method1("warning", ("socket.send() raised exception.",))?;
+            }
+            this.state.borrow_mut(py).conn_lost += 1;
+            return Ok(());
+        }
+        let mut sent = 0;
+        if queue_empty {
+            match send(this.fd, bytes) {
+                Ok(n) => sent = n,
+                Err(err) if would_block(&err) => {}
+                Err(err) => {
+                    return Self::fatal_error(
+                        slf,
+                        os_error(err),
+                        "Fatal write error on socket transport",
+                    );
+                }
+            }
+            if sent == bytes.len() {
+                return Ok(());
+            }
+        }
+        {
+            let mut state = this.state.borrow_mut(py);
+            match &payload {
+                Payload::Shared(b) if sent == 0 => {
+                    state.buffer.push_shared(b.clone_ref(py), bytes.len())
+                }
+                _ => state.buffer.push_copy(&bytes[sent..]),
+            }
+        }
+        if queue_empty {
+            Self::watch(slf, intern!(py, "_add_writer"), "_write_ready")?;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    /// Writes every buffer of `list_of_data`, flushing them together.
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let pieces = list_of_data
+            .try_iter()?
+            .map(|item| item.and_then(|i| payload(&i)))
+            .collect::<PyResult<Vec<_>>>()?;
+        let mut joined = Vec::new();
+        for piece in &pieces {
+            match piece {
+                Payload::Shared(b) => joined.extend_from_slice(b.bind(py).as_bytes()),
+                Payload::Copied(v) => joined.extend_from_slice(v),
+            }
+        }
+        let joined = PyBytes::new(py, &joined);
+        Self::write(slf, joined.as_any())
+    }
+
+    /// Called by the loop when the fd is writable and output is queued.
+    fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let outcome = {
+            let mut state = this.state.borrow_mut(py);
+            if state.conn_lost > 0 {
+                return Ok(());
+            }
+            state.buffer.flush(py, this.fd)
+        };
+        match outcome {
+            Ok(_) => {}
+            Err(err) if would_block(&err) => return Ok(()),
+            Err(err) => {
+                let dropped = this.state.borrow_mut(py).buffer.take();
+                drop(dropped);
+                this.unwatch(py, intern!(py, "_remove_writer"))?;
+                return Self::fatal_error(
+                    slf,
+                    os_error(err),
+                    "Fatal write error on socket transport",
+                );
+            }
+        }
+        Self::maybe_resume_protocol(slf)?;
+        let (drained, closing, eof) = {
+            let state = this.state.borrow_mut(py);
+            (state.buffer.is_empty(), state.closing, state.eof)
+        };
+        if !drained {
+            return Ok(());
+        }
+        this.unwatch(py, intern!(py, "_remove_writer"))?;
+        if closing {
+            Self::_call_connection_lost(slf, None)?;
+        } else if eof {
+            this.shutdown_write(py)?;
+        }
+        Ok(())
+    }
+
+    /// Half-closes after the queued output is sent.
+    fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let drained = {
+            let mut state = this.state.borrow_mut(py);
+            if state.closing || state.eof {
+                return Ok(());
+            }
+            state.eof = true;
+            state.buffer.is_empty()
+        };
+        if drained {
+            this.shutdown_write(py)?;
+        }
+        Ok(())
+    }
+
+    /// Stream sockets can half-close.
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    /// Stops reading, sends what is queued, then closes (connection_lost(None)).
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let drained = {
+            let mut state = this.state.borrow_mut(py);
+            if state.closing {
+                return Ok(());
+            }
+            state.closing = true;
+            let drained = state.buffer.is_empty();
+            if drained {
+                state.conn_lost += 1;
+            }
+            drained
+        };
+        this.unwatch(py, intern!(py, "_remove_reader"))?;
+        if drained {
+            this.unwatch(py, intern!(py, "_remove_writer"))?;
+            Self::schedule_connection_lost(slf, None)?;
+        }
+        Ok(())
+    }
+
+    /// Closes at once, dropping queued output.
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, None)
+    }
+
+    /// asyncio's `_force_close`.
+    #[pyo3(signature = (exc = None))]
+    fn _force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        Self::force_close(slf, exc)
+    }
+
+    /// asyncio's `_fatal_error`.
+    #[pyo3(signature = (exc, message = "Fatal error on transport"))]
+    fn _fatal_error(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>, message: &str) -> PyResult<()> {
+        Self::fatal_error(slf, PyErr::from_value(exc), message)
+    }
+
+    /// True once close() (or a fatal error) started closing.
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow_mut(py).closing
+    }
+
+    /// True while the transport delivers incoming data.
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        let state = self.state.borrow_mut(py);
+        !state.closing && !state.reading_paused
+    }
+
+    /// Stops delivering incoming data until resume_reading().
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut state = this.state.borrow_mut(py);
+            if state.closing || state.reading_paused {
+                return Ok(());
+            }
+            state.reading_paused = true;
+        }
+        this.unwatch(py, intern!(py, "_remove_reader"))
+    }
+
+    /// Delivers incoming data again.
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let mut state = slf.get().state.borrow_mut(py);
+            if state.closing || !state.reading_paused {
+                return Ok(());
+            }
+            state.reading_paused = false;
+        }
+        Self::watch(slf, intern!(py, "_add_reader"), "_read_ready")
+    }
+
+    /// Starts reading (scheduled right after connection_made).
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let state = slf.get().state.borrow_mut(py);
+            if state.closing || state.reading_paused || state.conn_lost > 0 {
+                return Ok(());
+            }
+        }
+        Self::watch(slf, intern!(py, "_add_reader"), "_read_ready")
+    }
+
+    /// Sets the water marks (asyncio's defaults and checks); may pause the protocol.
+    #[pyo3(signature = (high = None, low = None))]
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<Bound<'_, PyAny>>,
+        low: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let high: Option<i64> = high.map(|h| h.extract()).transpose()?;
+        let low: Option<i64> = low.map(|l| l.extract()).transpose()?;
+        let high = high.unwrap_or_else(|| match low {
+            Some(low) => 4 * low,
+            None => DEFAULT_HIGH_WATER as i64,
+        });
+        let low = low.unwrap_or(high / 4);
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!(
+                "high ({high}) must be >= low ({low}) must be >= 0"
+            )));
+        }
+        {
+            let mut state = slf.get().state.borrow_mut(py);
+            state.high_water = high as usize;
+            state.low_water = low as usize;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    /// `(low, high)` water marks.
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        let state = self.state.borrow_mut(py);
+        (state.low_water, state.high_water)
+    }
+
+    /// Bytes queued and not yet sent.
+    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.state.borrow_mut(py).buffer.len()
+    }
+
+    /// Switches the protocol that receives data and events.
+    fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
+        let receiver = receiver_for(&protocol)?;
+        let old = {
+            let mut state = self.state.borrow_mut(py);
+            (
+                state.protocol.replace(protocol.unbind()),
+                state.receiver.replace(receiver),
+            )
+        };
+        drop(old);
+        Ok(())
+    }
+
+    /// The current protocol.
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow_mut(py)
+            .protocol
+            .as_ref()
+            .map(|p| p.clone_ref(py))
+    }
+
+    /// Calls protocol.connection_lost(exc), closes the socket and detaches from the server.
+    #[pyo3(signature = (exc = None))]
+    fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let protocol = this
+            .state
+            .borrow_mut(py)
+            .protocol
+            .as_ref()
+            .map(|p| p.clone_ref(py));
+        let result = match protocol {
+            Some(protocol) => protocol
+                .call_method1(py, intern!(py, "connection_lost"), (exc,))
+                .map(drop),
+            None => Ok(()),
+        };
+        let released = {
+            let mut state = this.state.borrow_mut(py);
+            (
+                state.sock.take(),
+                state.protocol.take(),
+                state.receiver.take(),
+                state.event_loop.take(),
+                state.server.take(),
+                state.owner.take(),
+            )
+        };
+        let (sock, protocol, receiver, event_loop, server, owner) = released;
+        let closed = match &sock {
+            Some(sock) => sock.call_method0(py, intern!(py, "close")).map(drop),
+            None => Ok(()),
+        };
+        let detached = match &server {
+            Some(server) => server
+                .call_method1(
+                    py,
+                    intern!(py, "_detach"),
+                    (owner.as_ref().map(|o| o.clone_ref(py)),),
+                )
+                .map(drop),
+            None => Ok(()),
+        };
+        drop((sock, protocol, receiver, event_loop, server, owner));
+        result.and(closed).and(detached)
+    }
+
+    /// A short description for the owner's repr: `fd=6 read=polling write=<idle, bufsize=0>`.
+    fn _describe(&self, py: Python<'_>) -> String {
+        let state = self.state.borrow_mut(py);
+        if state.sock.is_none() {
+            return "closed".into();
+        }
+        let mut text = String::new();
+        if state.closing {
+            text.push_str("closing ");
+        }
+        text.push_str(&format!("fd={}", self.fd));
+        let reading = if !state.closing && !state.reading_paused {
+            "polling"
+        } else {
+            "idle"
+        };
+        text.push_str(&format!(" read={reading}"));
+        let writing = if state.buffer.is_empty() {
+            "idle"
+        } else {
+            "polling"
+        };
+        text.push_str(&format!(
+            " write=<{writing}, bufsize={}>",
+            state.buffer.len()
+        ));
+        text
+    }
+}
+
+impl StreamCore {
+    fn shutdown_write(&self, py: Python<'_>) -> PyResult<()> {
+        let sock = self
+            .state
+            .borrow_mut(py)
+            .sock
+            .as_ref()
+            .map(|s| s.clone_ref(py));
+        if let Some(sock) = sock {
+            let shut_wr = py.import("socket")?.getattr("SHUT_WR")?;
+            sock.call_method1(py, "shutdown", (shut_wr,))?;
+        }
+        Ok(())
+    }
+}
