@@ -15,6 +15,7 @@ from ._dns import DnsMixin
 from ._errors import ErrorsMixin
 from ._executor import ExecutorMixin
 from ._running import RunningMixin
+from ._sendfile import SendfileMixin
 from ._signals import SignalsMixin
 from ._tasks import TasksMixin
 
@@ -43,6 +44,7 @@ class Loop(
     SignalsMixin,
     DnsMixin,
     TasksMixin,
+    SendfileMixin,
     asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop whose engine is Rust. Create it with `new_event_loop()`."""

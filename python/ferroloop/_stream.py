@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import warnings
-from asyncio import trsock
+from asyncio import constants, trsock
 
 from ._core import StreamCore
 
@@ -43,6 +43,9 @@ class SocketTransport(asyncio.Transport):
 
     __slots__ = ("_core", "_loop", "__weakref__")
 
+    # loop.sendfile may hand the socket to os.sendfile (asyncio's marker for that).
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
     def __init__(self, loop, sock, protocol, extra=None, server=None):
         super().__init__(_extra_for(sock, extra))
         self._loop = loop
@@ -65,6 +68,20 @@ class SocketTransport(asyncio.Transport):
     @property
     def _sock(self):
         return self._core.sock
+
+    @property
+    def _sock_fd(self):
+        return self._core.fd
+
+    @property
+    def _protocol_paused(self):
+        return self._core._protocol_paused
+
+    def _make_empty_waiter(self):
+        return self._core._make_empty_waiter()
+
+    def _reset_empty_waiter(self):
+        self._core._reset_empty_waiter()
 
     def write(self, data):
         """Sends `data` (bytes-like) as soon as the socket takes it."""

@@ -75,6 +75,9 @@ struct StreamState {
     reading_paused: bool,
     /// Non-zero once connection_lost is scheduled; counts writes after that.
     conn_lost: u32,
+    /// Set while `loop.sendfile` owns the socket: resolved when the queue drains, and
+    /// write() refuses data meanwhile.
+    empty_waiter: Option<Py<PyAny>>,
 }
 
 /// The Rust half of a socket stream transport.
@@ -434,6 +437,7 @@ impl StreamCore {
                 eof: false,
                 reading_paused: false,
                 conn_lost: 0,
+                empty_waiter: None,
             }),
         })
     }
@@ -625,6 +629,15 @@ impl StreamCore {
             return Ok(());
         }
         this.unwatch(py, intern!(py, "_remove_writer"))?;
+        let waiter = this
+            .state
+            .borrow_mut(py)
+            .empty_waiter
+            .as_ref()
+            .map(|w| w.clone_ref(py));
+        if let Some(waiter) = waiter {
+            waiter.call_method1(py, intern!(py, "set_result"), (py.None(),))?;
+        }
         if closing {
             Self::_call_connection_lost(slf, None)?;
         } else if eof {
@@ -854,6 +867,41 @@ impl StreamCore {
         };
         drop((sock, protocol, receiver, event_loop, server, owner));
         result.and(closed).and(detached)
+    }
+
+    /// A future resolved once the write queue is empty (for `loop.sendfile`); write()
+    /// refuses data until `_reset_empty_waiter()`.
+    fn _make_empty_waiter(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let (event_loop, drained) = {
+            let state = self.state.borrow_mut(py);
+            if state.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err("Empty waiter is already set"));
+            }
+            (
+                state.event_loop.as_ref().map(|l| l.clone_ref(py)),
+                state.buffer.is_empty(),
+            )
+        };
+        let event_loop =
+            event_loop.ok_or_else(|| PyRuntimeError::new_err("Transport is closed"))?;
+        let waiter = event_loop.call_method0(py, intern!(py, "create_future"))?;
+        if drained {
+            waiter.call_method1(py, intern!(py, "set_result"), (py.None(),))?;
+        }
+        self.state.borrow_mut(py).empty_waiter = Some(waiter.clone_ref(py));
+        Ok(waiter)
+    }
+
+    /// Forgets the sendfile waiter; write() accepts data again.
+    fn _reset_empty_waiter(&self, py: Python<'_>) {
+        let old = self.state.borrow_mut(py).empty_waiter.take();
+        drop(old);
+    }
+
+    /// True between pause_writing() and resume_writing().
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> bool {
+        self.state.borrow_mut(py).protocol_paused
     }
 
     /// A short description for the owner's repr: `fd=6 read=polling write=<idle, bufsize=0>`.
