@@ -8,6 +8,7 @@ import gc
 import sys
 import threading
 
+import ferroloop
 import pytest
 from support import PATIENCE, run_once, run_with_guard
 
@@ -416,6 +417,11 @@ def test_unclosed_loop_warns_and_releases_its_resources_when_collected(loop_fact
 
 
 def test_running_or_closing_the_loop_from_another_thread_while_it_runs_raises(loop):
+    if sys.version_info[:2] == (3, 13) and not isinstance(loop, ferroloop.Loop):
+        # CPython gh-130145: asyncio 3.13's failed run_forever() in another thread runs its
+        # cleanup anyway, so close() then succeeds under the running loop. ferroloop still
+        # runs this test on 3.13.
+        pytest.xfail("asyncio bug gh-130145 on Python 3.13")
     errors = []
 
     def other_thread():

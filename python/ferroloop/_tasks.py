@@ -24,7 +24,10 @@ class TasksMixin:
         self._check_closed()
         factory = self._task_factory
         if factory is None:
-            task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
+            if context is not None:
+                # Python 3.10's Task has no context argument; pass it only when given.
+                kwargs["context"] = context
+            task = tasks.Task(coro, loop=self, name=name, **kwargs)
             if task._source_traceback:
                 del task._source_traceback[-1]
             return task
