@@ -18,6 +18,7 @@ from ._running import RunningMixin
 from ._sendfile import SendfileMixin
 from ._signals import SignalsMixin
 from ._tasks import TasksMixin
+from ._tls import TlsMixin
 
 logger = logging.getLogger("asyncio")
 
@@ -45,6 +46,7 @@ class Loop(
     DnsMixin,
     TasksMixin,
     SendfileMixin,
+    TlsMixin,
     asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop whose engine is Rust. Create it with `new_event_loop()`."""

@@ -45,6 +45,8 @@ class SocketTransport(asyncio.Transport):
 
     # loop.sendfile may hand the socket to os.sendfile (asyncio's marker for that).
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    # loop.start_tls may wrap this transport.
+    _start_tls_compatible = True
 
     def __init__(self, loop, sock, protocol, extra=None, server=None):
         super().__init__(_extra_for(sock, extra))

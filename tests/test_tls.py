@@ -1,0 +1,191 @@
+"""TLS on the user's own ssl.SSLContext: start_tls on both sides, verification failures.
+
+Certificates are made in the test with trustme. Transports come from each loop's own
+socket-transport factory over a socketpair, so these tests need no server code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+
+import ferroloop
+import pytest
+import trustme
+from ferroloop._stream import make_socket_transport
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_context(ca):
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("ferroloop.test").configure_cert(context)
+    return context
+
+
+@pytest.fixture(scope="module")
+def client_context(ca):
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+class Recorder(asyncio.Protocol):
+    """Collects received bytes; `lost` resolves at connection_lost."""
+
+    def __init__(self, loop):
+        self.data = bytearray()
+        self.lost = loop.create_future()
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.data += data
+
+    def connection_lost(self, exc):
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+def plain_transport(loop, sock, protocol):
+    sock.setblocking(False)
+    if isinstance(loop, ferroloop.Loop):
+        transport = make_socket_transport(loop, sock, protocol)
+    else:
+        transport = loop._make_socket_transport(sock, protocol)
+    return transport
+
+
+async def connected_pair(loop):
+    left, right = socket.socketpair()
+    server_proto, client_proto = Recorder(loop), Recorder(loop)
+    server = plain_transport(loop, left, server_proto)
+    client = plain_transport(loop, right, client_proto)
+    await asyncio.sleep(0)
+    return (server, server_proto), (client, client_proto)
+
+
+async def handshake(loop, server_context, client_context, hostname="ferroloop.test"):
+    (server, server_proto), (client, client_proto) = await connected_pair(loop)
+    server_tls = loop.create_task(
+        loop.start_tls(
+            server, server_proto, server_context, server_side=True, ssl_handshake_timeout=5
+        )
+    )
+    client_tls = loop.create_task(
+        loop.start_tls(
+            client, client_proto, client_context, server_hostname=hostname, ssl_handshake_timeout=5
+        )
+    )
+    return server_tls, client_tls, server_proto, client_proto
+
+
+def test_start_tls_on_both_sides_carries_data(loop, server_context, client_context):
+    async def main():
+        server_tls, client_tls, server_proto, client_proto = await handshake(
+            loop, server_context, client_context
+        )
+        server, client = await server_tls, await client_tls
+        assert isinstance(client.get_extra_info("ssl_object"), ssl.SSLObject)
+        assert client.get_extra_info("peercert")["subjectAltName"] == (("DNS", "ferroloop.test"),)
+        assert client.get_extra_info("cipher") is not None
+        assert client.get_extra_info("sslcontext") is client_context
+        payload = bytes(range(256)) * 4096  # 1 MiB under flow control
+        client.write(payload)
+        server.write(b"pong")
+        while len(server_proto.data) < len(payload) or not client_proto.data:
+            await asyncio.sleep(0.001)
+        assert bytes(server_proto.data) == payload
+        assert bytes(client_proto.data) == b"pong"
+        client.close()
+        server.close()
+        await asyncio.wait_for(asyncio.gather(server_proto.lost, client_proto.lost), 5)
+
+    loop.run_until_complete(main())
+
+
+def test_start_tls_keeps_bytes_sent_before_the_upgrade(loop, server_context, client_context):
+    async def main():
+        (server, server_proto), (client, client_proto) = await connected_pair(loop)
+        # The server has stopped reading (as after a STARTTLS command); the client starts
+        # its handshake at once, so its ClientHello waits in the socket when the server
+        # upgrades. Nothing may be lost.
+        server.pause_reading()
+        client_tls = loop.create_task(
+            loop.start_tls(
+                client,
+                client_proto,
+                client_context,
+                server_hostname="ferroloop.test",
+                ssl_handshake_timeout=5,
+            )
+        )
+        await asyncio.sleep(0.05)
+        server_tls = await loop.start_tls(
+            server, server_proto, server_context, server_side=True, ssl_handshake_timeout=5
+        )
+        client_side = await client_tls
+        client_side.write(b"after upgrade")
+        while bytes(server_proto.data) != b"after upgrade":
+            await asyncio.sleep(0.001)
+        client_side.close()
+        server_tls.close()
+        await asyncio.wait_for(asyncio.gather(server_proto.lost, client_proto.lost), 5)
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("problem", ["wrong hostname", "untrusted CA"])
+def test_failed_verification_raises_and_sends_no_plaintext(loop, ca, server_context, problem):
+    context = ssl.create_default_context()
+    if problem == "wrong hostname":
+        ca.configure_trust(context)
+    hostname = "other.test" if problem == "wrong hostname" else "ferroloop.test"
+
+    async def main():
+        server_tls, client_tls, server_proto, client_proto = await handshake(
+            loop, server_context, context, hostname=hostname
+        )
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await client_tls
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await server_tls
+        assert not server_proto.data, "no application data may cross without TLS"
+
+    loop.run_until_complete(main())
+
+
+def test_plaintext_peer_fails_the_handshake(loop, server_context):
+    async def main():
+        (server, server_proto), (client, client_proto) = await connected_pair(loop)
+        server_tls = loop.create_task(
+            loop.start_tls(server, server_proto, server_context, server_side=True)
+        )
+        await asyncio.sleep(0)
+        client.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with pytest.raises(ssl.SSLError):
+            await server_tls
+        assert not server_proto.data
+        client.close()
+        await asyncio.wait_for(client_proto.lost, 5)
+
+    loop.run_until_complete(main())
+
+
+def test_start_tls_rejects_a_non_context(loop):
+    async def main():
+        (server, _), (client, client_proto) = await connected_pair(loop)
+        with pytest.raises(TypeError, match="sslcontext is expected to be an instance"):
+            await loop.start_tls(client, client_proto, object())
+        server.close()
+        client.close()
+        await asyncio.wait_for(client_proto.lost, 5)
+
+    loop.run_until_complete(main())
