@@ -11,6 +11,7 @@ import weakref
 from asyncio import coroutines
 
 from . import _core
+from ._connections import ConnectionsMixin
 from ._dns import DnsMixin
 from ._errors import ErrorsMixin
 from ._executor import ExecutorMixin
@@ -45,6 +46,7 @@ class Loop(
     SignalsMixin,
     DnsMixin,
     TasksMixin,
+    ConnectionsMixin,
     SendfileMixin,
     TlsMixin,
     asyncio.AbstractEventLoop,

@@ -1,0 +1,619 @@
+"""Opening stream connections and servers: create_connection, create_server and friends.
+
+Cold, argument-heavy orchestration: check the arguments exactly as asyncio does, resolve,
+race the candidate addresses (happy eyeballs), bind, then hand the connected socket to the
+Rust stream transport (`make_socket_transport`). TLS (issue 5) is refused, never faked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc
+import errno
+import itertools
+import logging
+import os
+import socket
+import stat
+import sys
+
+from ._server import Server
+from ._stream import make_socket_transport
+
+try:
+    import ssl as ssl_module
+except ImportError:  # pragma: no cover - Python built without OpenSSL
+    ssl_module = None
+
+logger = logging.getLogger("asyncio")
+
+# Python 3.13 quotes the whole OSError (with its errno) in bind error messages; older
+# versions quote only its strerror.
+_QUOTE_WHOLE_BIND_ERROR = sys.version_info >= (3, 13)
+
+_HAS_EXCEPTION_GROUP = sys.version_info >= (3, 11)
+
+
+def _tls_refused():
+    return NotImplementedError("TLS is not supported yet (issue 5)")
+
+
+def _bind_error_detail(err):
+    if _QUOTE_WHOLE_BIND_ERROR or not err.strerror:
+        return str(err).lower()
+    return err.strerror.lower()
+
+
+def _reject_ssl_socket(sock):
+    if ssl_module is not None and isinstance(sock, ssl_module.SSLSocket):
+        raise TypeError("Socket cannot be of type SSLSocket")
+
+
+def _is_stream_socket(sock):
+    return sock.type == socket.SOCK_STREAM
+
+
+def _set_reuse_port(sock):
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ValueError("reuse_port not supported by socket module")
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    except OSError:
+        raise ValueError(
+            "reuse_port not supported by socket module, SO_REUSEPORT defined but not implemented."
+        ) from None
+
+
+def _interleave_by_family(infos, first_family_count):
+    """Reorder addrinfos so families alternate, the first family leading with
+    `first_family_count` entries (RFC 8305's "First Address Family Count")."""
+    by_family = {}
+    for info in infos:
+        by_family.setdefault(info[0], []).append(info)
+    groups = list(by_family.values())
+    if not groups:
+        return []
+    head = groups[0][: max(first_family_count - 1, 0)]
+    groups[0] = groups[0][len(head) :]
+    rest = [info for row in itertools.zip_longest(*groups) for info in row if info is not None]
+    return head + rest
+
+
+def _combined_connect_error(errors, all_errors):
+    """The exception create_connection raises when every address failed."""
+    if all_errors:
+        if _HAS_EXCEPTION_GROUP:
+            return ExceptionGroup("create_connection failed", errors)  # noqa: F821
+        return OSError("Multiple exceptions: {}".format(", ".join(str(e) for e in errors)))
+    if len(errors) == 1:
+        return errors[0]
+    first = str(errors[0])
+    if all(str(e) == first for e in errors):
+        return errors[0]
+    return OSError("Multiple exceptions: {}".format(", ".join(str(e) for e in errors)))
+
+
+def _close_if_connected(task):
+    """Done-callback of a losing connection attempt: close its socket if it connected."""
+    if task.cancelled():
+        return
+    if task.exception() is None:
+        task.result().close()
+
+
+def _connect_writable(future, sock, address):
+    """Writer callback of a non-blocking connect: the outcome is in SO_ERROR."""
+    if future.done():
+        return
+    try:
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err != 0:
+            raise OSError(err, f"Connect call failed {address}")
+    except (BlockingIOError, InterruptedError):
+        return  # still in progress; the writer stays registered
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        future.set_exception(exc)
+    else:
+        future.set_result(None)
+
+
+class ConnectionsMixin:
+    """create_connection, create_server, their Unix variants and connect_accepted_socket."""
+
+    # -- stand-ins until the Rust sock_connect lands --------------------------------------
+
+    async def _connect_sock(self, sock, address):
+        """Connect non-blocking `sock` to the already resolved `address`."""
+        try:
+            sock.connect(address)
+        except (BlockingIOError, InterruptedError):
+            pass
+        else:
+            return
+        fd = sock.fileno()
+        future = self.create_future()
+        self._add_writer(fd, _connect_writable, future, sock, address)
+        try:
+            await future
+        finally:
+            self._remove_writer(fd)
+            future = None  # break the cycle through a stored exception
+
+    # -- client side ----------------------------------------------------------------------
+
+    async def _resolve_stream(self, host, port, family, proto, flags):
+        infos = await self.getaddrinfo(
+            host, port, family=family, type=socket.SOCK_STREAM, proto=proto, flags=flags
+        )
+        if not infos:
+            raise OSError("getaddrinfo() returned empty list")
+        return infos
+
+    async def _open_one(self, info, local_infos, errors):
+        """Create, bind and connect one socket for `info`; OSErrors go to `errors` too."""
+        family, type_, proto, _, address = info
+        sock = None
+        try:
+            sock = socket.socket(family=family, type=type_, proto=proto)
+            sock.setblocking(False)
+            if local_infos is not None:
+                bind_errors = []
+                for local_family, _, _, _, local_address in local_infos:
+                    if local_family != family:
+                        continue
+                    try:
+                        sock.bind(local_address)
+                        break
+                    except OSError as exc:
+                        message = (
+                            f"error while attempting to bind on address {local_address!r}: "
+                            f"{_bind_error_detail(exc)}"
+                        )
+                        bind_errors.append(OSError(exc.errno, message))
+                else:
+                    if bind_errors:
+                        errors.extend(bind_errors[:-1])
+                        raise bind_errors[-1]
+                    raise OSError(f"no matching local address with {family=} found")
+            await self._connect_sock(sock, address)
+            return sock
+        except OSError as exc:
+            errors.append(exc)
+            if sock is not None:
+                sock.close()
+            raise
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+
+    async def _race(self, infos, local_infos, delay, errors_by_attempt):
+        """Happy eyeballs: start the next attempt when one fails or `delay` seconds pass;
+        the first to connect wins, the others are cancelled and their sockets closed."""
+        attempts = []
+        winner = None
+        try:
+            pending = set()
+            upcoming = iter(infos)
+            exhausted = False
+            while winner is None:
+                if not exhausted:
+                    info = next(upcoming, None)
+                    if info is None:
+                        exhausted = True
+                    else:
+                        errors = []
+                        errors_by_attempt.append(errors)
+                        task = self.create_task(self._open_one(info, local_infos, errors))
+                        attempts.append(task)
+                        pending.add(task)
+                if not pending:
+                    break
+                done, pending = await asyncio.wait(
+                    pending,
+                    timeout=None if exhausted else delay,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                # In start order, so that simultaneous winners resolve deterministically.
+                for task in (t for t in attempts if t in done):
+                    if task.cancelled():
+                        continue
+                    exc = task.exception()
+                    if exc is None:
+                        if winner is None:
+                            winner = task
+                    elif not isinstance(exc, OSError):
+                        raise exc
+            return None if winner is None else winner.result()
+        finally:
+            losers = [task for task in attempts if task is not winner]
+            for task in losers:
+                task.cancel()
+                task.add_done_callback(_close_if_connected)
+            unfinished = [task for task in losers if not task.done()]
+            if unfinished:
+                try:
+                    await asyncio.wait(unfinished)
+                except BaseException:
+                    if winner is not None:
+                        winner.result().close()
+                    raise
+
+    async def create_connection(
+        self,
+        protocol_factory,
+        host=None,
+        port=None,
+        *,
+        ssl=None,
+        family=0,
+        proto=0,
+        flags=0,
+        sock=None,
+        local_addr=None,
+        server_hostname=None,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
+        happy_eyeballs_delay=None,
+        interleave=None,
+        all_errors=False,
+    ):
+        """Opens a TCP connection to host:port (or wraps the connected `sock`) and returns
+        `(transport, protocol)` once `protocol.connection_made` has run."""
+        if server_hostname is not None and not ssl:
+            raise ValueError("server_hostname is only meaningful with ssl")
+        if server_hostname is None and ssl and not host:
+            raise ValueError("You must set server_hostname when using ssl without a host")
+        if ssl_handshake_timeout is not None and not ssl:
+            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+        if ssl_shutdown_timeout is not None and not ssl:
+            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        if sock is not None:
+            _reject_ssl_socket(sock)
+        if happy_eyeballs_delay is not None and interleave is None:
+            interleave = 1
+        resolve = host is not None or port is not None
+        if resolve:
+            if sock is not None:
+                raise ValueError("host/port and sock can not be specified at the same time")
+        elif sock is None:
+            raise ValueError("host and port was not specified and no sock specified")
+        elif not _is_stream_socket(sock):
+            raise ValueError(f"A Stream Socket was expected, got {sock!r}")
+        if ssl:
+            raise _tls_refused()
+
+        if resolve:
+            infos = await self._resolve_stream(host, port, family, proto, flags)
+            local_infos = None
+            if local_addr is not None:
+                local_host, local_port = local_addr[:2]
+                local_infos = await self._resolve_stream(
+                    local_host, local_port, family, proto, flags
+                )
+            if interleave:
+                infos = _interleave_by_family(infos, interleave)
+            errors_by_attempt = []
+            if happy_eyeballs_delay is None:
+                for info in infos:
+                    errors = []
+                    errors_by_attempt.append(errors)
+                    try:
+                        sock = await self._open_one(info, local_infos, errors)
+                        break
+                    except OSError:
+                        continue
+            else:
+                sock = await self._race(infos, local_infos, happy_eyeballs_delay, errors_by_attempt)
+            if sock is None:
+                errors = [exc for errors in errors_by_attempt for exc in errors]
+                errors_by_attempt = None
+                try:
+                    raise _combined_connect_error(errors, all_errors)
+                finally:
+                    errors = None
+
+        transport, protocol = await self._wrap_connected(sock, protocol_factory)
+        if self.get_debug():
+            logger.debug(
+                "%r connected to %s:%r: (%r, %r)",
+                transport.get_extra_info("socket"),
+                host,
+                port,
+                transport,
+                protocol,
+            )
+        return transport, protocol
+
+    async def _wrap_connected(self, sock, protocol_factory):
+        """A plain stream transport over connected `sock`, after connection_made ran."""
+        sock.setblocking(False)
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        transport = make_socket_transport(self, sock, protocol, waiter)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            raise
+        finally:
+            waiter = None
+        return transport, protocol
+
+    async def create_unix_connection(
+        self,
+        protocol_factory,
+        path=None,
+        *,
+        ssl=None,
+        sock=None,
+        server_hostname=None,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
+    ):
+        """Opens a Unix stream connection to `path` (or wraps the connected `sock`)."""
+        assert server_hostname is None or isinstance(server_hostname, str)
+        if ssl:
+            if server_hostname is None:
+                raise ValueError("you have to pass server_hostname when using ssl")
+        else:
+            if server_hostname is not None:
+                raise ValueError("server_hostname is only meaningful with ssl")
+            if ssl_handshake_timeout is not None:
+                raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+            if ssl_shutdown_timeout is not None:
+                raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        if path is not None:
+            if sock is not None:
+                raise ValueError("path and sock can not be specified at the same time")
+            path = os.fspath(path)
+        elif sock is None:
+            raise ValueError("no path and sock were specified")
+        elif sock.family != socket.AF_UNIX or not _is_stream_socket(sock):
+            raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
+        if ssl:
+            raise _tls_refused()
+
+        if path is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
+            try:
+                sock.setblocking(False)
+                await self._connect_sock(sock, path)
+            except BaseException:
+                sock.close()
+                raise
+        return await self._wrap_connected(sock, protocol_factory)
+
+    async def connect_accepted_socket(
+        self,
+        protocol_factory,
+        sock,
+        *,
+        ssl=None,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
+    ):
+        """Wraps a socket accepted outside the loop into a transport and protocol."""
+        if not _is_stream_socket(sock):
+            raise ValueError(f"A Stream Socket was expected, got {sock!r}")
+        if ssl_handshake_timeout is not None and not ssl:
+            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+        if ssl_shutdown_timeout is not None and not ssl:
+            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        _reject_ssl_socket(sock)
+        if ssl:
+            raise _tls_refused()
+        transport, protocol = await self._wrap_connected(sock, protocol_factory)
+        if self.get_debug():
+            logger.debug(
+                "%r handled: (%r, %r)", transport.get_extra_info("socket"), transport, protocol
+            )
+        return transport, protocol
+
+    # -- server side ----------------------------------------------------------------------
+
+    async def _resolve_listen(self, host, port, family, flags):
+        infos = await self.getaddrinfo(
+            host, port, family=family, type=socket.SOCK_STREAM, flags=flags
+        )
+        if not infos:
+            raise OSError(f"getaddrinfo({host!r}) returned empty list")
+        return infos
+
+    async def create_server(
+        self,
+        protocol_factory,
+        host=None,
+        port=None,
+        *,
+        family=socket.AF_UNSPEC,
+        flags=socket.AI_PASSIVE,
+        sock=None,
+        backlog=100,
+        ssl=None,
+        reuse_address=None,
+        reuse_port=None,
+        keep_alive=None,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
+        start_serving=True,
+    ):
+        """A TCP server listening on host:port (`host` may be a list of hosts) or on the
+        listening-ready `sock`, which is used as-is."""
+        if isinstance(ssl, bool):
+            raise TypeError("ssl argument must be an SSLContext or None")
+        if ssl_handshake_timeout is not None and ssl is None:
+            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+        if ssl_shutdown_timeout is not None and ssl is None:
+            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        if sock is not None:
+            _reject_ssl_socket(sock)
+        bind = host is not None or port is not None
+        if bind:
+            if sock is not None:
+                raise ValueError("host/port and sock can not be specified at the same time")
+        elif sock is None:
+            raise ValueError("Neither host/port nor sock were specified")
+        elif not _is_stream_socket(sock):
+            raise ValueError(f"A Stream Socket was expected, got {sock!r}")
+        if ssl:
+            raise _tls_refused()
+
+        if bind:
+            if reuse_address is None:
+                reuse_address = os.name == "posix" and sys.platform != "cygwin"
+            if host == "":
+                hosts = [None]
+            elif isinstance(host, str) or not isinstance(host, collections.abc.Iterable):
+                hosts = [host]
+            else:
+                hosts = host
+            resolved = await asyncio.gather(
+                *(self._resolve_listen(h, port, family, flags) for h in hosts)
+            )
+            infos = set(itertools.chain.from_iterable(resolved))
+            sockets = self._bind_listeners(infos, reuse_address, reuse_port, keep_alive)
+        else:
+            sockets = [sock]
+
+        for listener in sockets:
+            listener.setblocking(False)
+        server = Server(self, sockets, protocol_factory, backlog)
+        if start_serving:
+            server._start_serving()
+            await asyncio.sleep(0)
+        if self.get_debug():
+            logger.info("%r is serving", server)
+        return server
+
+    def _bind_listeners(self, infos, reuse_address, reuse_port, keep_alive):
+        sockets = []
+        completed = False
+        try:
+            for af, socktype, proto, _, address in infos:
+                try:
+                    sock = socket.socket(af, socktype, proto)
+                except OSError:
+                    # Most likely a family/type/protocol combination the host lacks.
+                    if self.get_debug():
+                        logger.warning(
+                            "create_server() failed to create socket.socket(%r, %r, %r)",
+                            af,
+                            socktype,
+                            proto,
+                            exc_info=True,
+                        )
+                    continue
+                sockets.append(sock)
+                if reuse_address:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, True)
+                if reuse_port:
+                    _set_reuse_port(sock)
+                if keep_alive:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
+                if af == getattr(socket, "AF_INET6", None) and hasattr(socket, "IPPROTO_IPV6"):
+                    # One socket per family: no dual-stack IPv6 socket also taking IPv4.
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, True)
+                try:
+                    sock.bind(address)
+                except OSError as err:
+                    message = (
+                        f"error while attempting to bind on address {address!r}: "
+                        f"{_bind_error_detail(err)}"
+                    )
+                    if err.errno == errno.EADDRNOTAVAIL:
+                        # The family is probably not enabled on this host (bpo-30945).
+                        sockets.pop()
+                        sock.close()
+                        if self.get_debug():
+                            logger.warning(message)
+                        continue
+                    raise OSError(err.errno, message) from None
+            if not sockets:
+                addresses = [info[4] for info in infos]
+                raise OSError(f"could not bind on any address out of {addresses!r}")
+            completed = True
+        finally:
+            if not completed:
+                for sock in sockets:
+                    sock.close()
+        return sockets
+
+    async def create_unix_server(
+        self,
+        protocol_factory,
+        path=None,
+        *,
+        sock=None,
+        backlog=100,
+        ssl=None,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
+        start_serving=True,
+        cleanup_socket=True,
+    ):
+        """A Unix stream server on `path` (a stale socket file there is replaced) or on
+        `sock`. With `cleanup_socket`, closing the server removes the socket file if it
+        is still ours."""
+        if isinstance(ssl, bool):
+            raise TypeError("ssl argument must be an SSLContext or None")
+        if ssl_handshake_timeout is not None and not ssl:
+            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+        if ssl_shutdown_timeout is not None and not ssl:
+            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        if path is not None:
+            if sock is not None:
+                raise ValueError("path and sock can not be specified at the same time")
+            path = os.fspath(path)
+        elif sock is None:
+            raise ValueError("path was not specified, and no sock specified")
+        elif sock.family != socket.AF_UNIX or not _is_stream_socket(sock):
+            raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
+        if ssl:
+            raise _tls_refused()
+
+        if path is not None:
+            sock = _bind_unix(path)
+        cleanup = None
+        if cleanup_socket:
+            bound = sock.getsockname()
+            if bound and bound[0] not in (0, "\x00"):
+                try:
+                    cleanup = (bound, os.stat(bound).st_ino)
+                except FileNotFoundError:
+                    pass
+        sock.setblocking(False)
+        server = Server(self, [sock], protocol_factory, backlog)
+        if cleanup is not None:
+            server._unix_paths[sock] = cleanup
+        if start_serving:
+            server._start_serving()
+            await asyncio.sleep(0)
+        return server
+
+
+def _bind_unix(path):
+    """A new AF_UNIX stream socket bound to `path`, replacing a stale socket file."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if path and path[0] not in (0, "\x00"):
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            # The directory may only allow creating the socket.
+            logger.error("Unable to check or remove stale UNIX socket %r: %r", path, err)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(errno.EADDRINUSE, f"Address {path!r} is already in use") from None
+        raise
+    except BaseException:
+        sock.close()
+        raise
+    return sock

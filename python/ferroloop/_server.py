@@ -1,0 +1,232 @@
+"""`Server`: the object create_server returns, and the accept loop of its listening sockets.
+
+Semantics are asyncio 3.13's on every Python version: `close()` stops accepting and closes
+the listening sockets; `wait_closed()` returns once the server is closed and every
+connection it accepted is gone; `close_clients()`/`abort_clients()` end those connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import weakref
+from asyncio import trsock
+
+from ._stream import make_socket_transport
+
+logger = logging.getLogger("asyncio")
+
+# accept() failures that mean "out of resources, try later" (asyncio's list). Linux keeps
+# reporting the listening socket readable, so accepting pauses for a while.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_RETRY_DELAY = 1.0
+
+
+class Server(asyncio.AbstractServer):
+    """Listening sockets serving connections with `protocol_factory`."""
+
+    def __init__(self, loop, sockets, protocol_factory, backlog):
+        self._loop = loop
+        self._sockets = sockets  # None once closed
+        self._protocol_factory = protocol_factory
+        self._backlog = backlog
+        # Live connections. Transports that pass themselves are held weakly (an abandoned
+        # transport must stay collectable); those that do not are only counted.
+        self._clients = weakref.WeakSet()
+        self._anonymous_clients = 0
+        self._waiters = []  # None once closed with no connection left
+        self._serving = False
+        self._serving_forever_fut = None
+        self._accept_retries = {}  # listening socket -> TimerHandle of the paused accept
+        self._unix_paths = {}  # listening socket -> (path, inode) to remove on close
+
+    def __repr__(self):
+        return f"<{type(self).__name__} sockets={self.sockets!r}>"
+
+    # -- connection bookkeeping (called by transports) ------------------------------------
+
+    def _attach(self, transport=None):
+        if transport is None:
+            self._anonymous_clients += 1
+        else:
+            self._clients.add(transport)
+
+    def _detach(self, transport=None):
+        if transport is None:
+            self._anonymous_clients = max(self._anonymous_clients - 1, 0)
+        else:
+            self._clients.discard(transport)
+        if self._sockets is None and not self._live_connections():
+            self._wakeup()
+
+    def _live_connections(self):
+        return len(self._clients) + self._anonymous_clients
+
+    def _wakeup(self):
+        waiters = self._waiters
+        self._waiters = None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- accepting ------------------------------------------------------------------------
+
+    def _start_serving(self):
+        if self._serving:
+            return
+        self._serving = True
+        for sock in self._sockets:
+            sock.listen(self._backlog)
+            self._loop._add_reader(sock.fileno(), self._accept, sock)
+
+    def _accept(self, sock):
+        """Reader callback of a listening socket: accept what is queued, up to `backlog`."""
+        loop = self._loop
+        for _ in range(max(self._backlog, 1)):
+            try:
+                conn, address = sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise  # reported by the loop's exception handler
+                loop.call_exception_handler(
+                    {
+                        "message": "socket.accept() out of system resource",
+                        "exception": exc,
+                        "socket": trsock.TransportSocket(sock),
+                    }
+                )
+                loop._remove_reader(sock.fileno())
+                self._accept_retries[sock] = loop.call_later(
+                    _ACCEPT_RETRY_DELAY, self._resume_accepting, sock
+                )
+                return
+            if loop.get_debug():
+                logger.debug("%r got a new connection from %r: %r", self, address, conn)
+            self._serve_connection(conn, address)
+
+    def _resume_accepting(self, sock):
+        self._accept_retries.pop(sock, None)
+        if self._serving and self._sockets is not None:
+            self._loop._add_reader(sock.fileno(), self._accept, sock)
+
+    def _serve_connection(self, conn, address):
+        protocol = None
+        try:
+            conn.setblocking(False)
+            protocol = self._protocol_factory()
+            make_socket_transport(
+                self._loop, conn, protocol, extra={"peername": address}, server=self
+            )
+        except (SystemExit, KeyboardInterrupt):
+            conn.close()
+            raise
+        except BaseException as exc:
+            conn.close()
+            context = {
+                "message": "Error on transport creation for incoming connection",
+                "exception": exc,
+            }
+            if protocol is not None:
+                context["protocol"] = protocol
+            self._loop.call_exception_handler(context)
+
+    # -- the AbstractServer API -----------------------------------------------------------
+
+    def get_loop(self):
+        """The loop this server runs on."""
+        return self._loop
+
+    def is_serving(self):
+        """True while the server accepts new connections."""
+        return self._serving
+
+    @property
+    def sockets(self):
+        """The listening sockets (wrapped, as asyncio does); empty once closed."""
+        if self._sockets is None:
+            return ()
+        return tuple(trsock.TransportSocket(sock) for sock in self._sockets)
+
+    def close(self):
+        """Stops accepting and closes the listening sockets; connections stay open."""
+        sockets = self._sockets
+        if sockets is None:
+            return
+        self._sockets = None
+        loop = self._loop
+        for sock in sockets:
+            retry = self._accept_retries.pop(sock, None)
+            if retry is not None:
+                retry.cancel()
+            if self._serving and not loop.is_closed() and sock.fileno() >= 0:
+                loop._remove_reader(sock.fileno())
+            sock.close()
+            unix_path = self._unix_paths.pop(sock, None)
+            if unix_path is not None:
+                _remove_if_ours(*unix_path)
+        self._serving = False
+        if self._serving_forever_fut is not None and not self._serving_forever_fut.done():
+            self._serving_forever_fut.cancel()
+            self._serving_forever_fut = None
+        if not self._live_connections():
+            self._wakeup()
+
+    def close_clients(self):
+        """Closes every connection this server accepted (after flushing their buffers)."""
+        for transport in self._clients.copy():
+            transport.close()
+
+    def abort_clients(self):
+        """Aborts every connection this server accepted, dropping unsent data."""
+        for transport in self._clients.copy():
+            transport.abort()
+
+    async def start_serving(self):
+        """Starts accepting connections (idempotent)."""
+        if self._sockets is None:
+            raise RuntimeError(f"server {self!r} is closed")
+        self._start_serving()
+        # One iteration, so the listening sockets are registered when this returns.
+        await asyncio.sleep(0)
+
+    async def serve_forever(self):
+        """Accepts connections until cancelled; cancelling closes the server."""
+        if self._serving_forever_fut is not None:
+            raise RuntimeError(f"server {self!r} is already being awaited on serve_forever()")
+        if self._sockets is None:
+            raise RuntimeError(f"server {self!r} is closed")
+        self._start_serving()
+        self._serving_forever_fut = self._loop.create_future()
+        try:
+            await self._serving_forever_fut
+        except asyncio.CancelledError:
+            try:
+                self.close()
+                await self.wait_closed()
+            finally:
+                raise
+        finally:
+            self._serving_forever_fut = None
+
+    async def wait_closed(self):
+        """Waits until the server is closed and all its connections are gone."""
+        if self._waiters is None:
+            return
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+
+def _remove_if_ours(path, inode):
+    """Unlinks the Unix socket file at `path` unless something else replaced it."""
+    try:
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
