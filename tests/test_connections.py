@@ -337,7 +337,8 @@ def test_connect_accepted_socket(loop):
     loop.run_until_complete(main())
 
 
-def test_cancelled_connect_closes_socket(loop):
+@pytest.mark.parametrize("happy_eyeballs_delay", [None, 0.01])
+def test_cancelled_connect_closes_socket(loop, happy_eyeballs_delay):
     """Cancelling create_connection while the SYN hangs leaves no socket behind."""
 
     async def main():
@@ -354,12 +355,26 @@ def test_cancelled_connect_closes_socket(loop):
                 pass
             fillers.append(filler)
         try:
-            task = loop.create_task(loop.create_connection(Collect, *hanging.getsockname()))
+            host, port = hanging.getsockname()
+            stream = (socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+            # Two hanging candidates, so with happy eyeballs both attempts are running.
+            infos = [(socket.AF_INET, *stream, (host, port))] * 2
+
+            async def getaddrinfo(*args, **kwargs):
+                return infos
+
+            loop.getaddrinfo = getaddrinfo
+            task = loop.create_task(
+                loop.create_connection(
+                    Collect, "example.invalid", port, happy_eyeballs_delay=happy_eyeballs_delay
+                )
+            )
             await asyncio.sleep(0.05)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
         finally:
+            del loop.getaddrinfo
             for filler in fillers:
                 filler.close()
             hanging.close()
