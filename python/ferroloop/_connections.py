@@ -576,18 +576,16 @@ class ConnectionsMixin:
 
         if path is not None:
             sock = _bind_unix(path)
-        cleanup = None
+        unix_paths = {}
         if cleanup_socket:
             bound = sock.getsockname()
-            if bound and bound[0] not in (0, "\x00"):
+            if bound and bound[0] not in (0, "\x00"):  # not an abstract socket
                 try:
-                    cleanup = (bound, os.stat(bound).st_ino)
+                    unix_paths[sock] = (bound, os.stat(bound).st_ino)
                 except FileNotFoundError:
                     pass
         sock.setblocking(False)
-        server = Server(self, [sock], protocol_factory, backlog)
-        if cleanup is not None:
-            server._unix_paths[sock] = cleanup
+        server = Server(self, [sock], protocol_factory, backlog, unix_paths)
         if start_serving:
             server._start_serving()
             await asyncio.sleep(0)

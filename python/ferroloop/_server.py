@@ -27,7 +27,7 @@ _ACCEPT_RETRY_DELAY = 1.0
 class Server(asyncio.AbstractServer):
     """Listening sockets serving connections with `protocol_factory`."""
 
-    def __init__(self, loop, sockets, protocol_factory, backlog):
+    def __init__(self, loop, sockets, protocol_factory, backlog, unix_paths=None):
         self._loop = loop
         self._sockets = sockets  # None once closed
         self._protocol_factory = protocol_factory
@@ -40,7 +40,8 @@ class Server(asyncio.AbstractServer):
         self._serving = False
         self._serving_forever_fut = None
         self._accept_retries = {}  # listening socket -> TimerHandle of the paused accept
-        self._unix_paths = {}  # listening socket -> (path, inode) to remove on close
+        # listening socket -> (path, inode) of the Unix socket file to remove on close
+        self._unix_paths = dict(unix_paths or {})
 
     def __repr__(self):
         return f"<{type(self).__name__} sockets={self.sockets!r}>"
@@ -85,6 +86,8 @@ class Server(asyncio.AbstractServer):
         """Reader callback of a listening socket: accept what is queued, up to `backlog`."""
         loop = self._loop
         for _ in range(max(self._backlog, 1)):
+            if self._sockets is None:
+                return  # a protocol factory closed the server
             try:
                 conn, address = sock.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
