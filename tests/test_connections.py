@@ -496,18 +496,3 @@ def test_connect_accepted_socket_bad_arguments(loop):
     finally:
         dgram.close()
         stream.close()
-
-
-def test_ferroloop_refuses_tls_instead_of_plaintext(loop_kind, loop):
-    if loop_kind != "ferroloop":
-        pytest.skip("asyncio implements TLS; the refusal is ferroloop's until issue 5")
-
-    async def main():
-        server = await loop.create_server(Echo, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        with pytest.raises(NotImplementedError, match="TLS"):
-            await loop.create_connection(Collect, "127.0.0.1", port, ssl=True)
-        server.close()
-        await server.wait_closed()
-
-    loop.run_until_complete(main())

@@ -541,13 +541,3 @@ def test_create_unix_server_bad_arguments(loop, kwargs, exc_type, message):
     finally:
         for sock in sockets:
             sock.close()
-
-
-def test_ferroloop_refuses_tls_server(loop_kind, loop):
-    if loop_kind != "ferroloop":
-        pytest.skip("asyncio implements TLS; the refusal is ferroloop's until issue 5")
-    import ssl
-
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    with pytest.raises(NotImplementedError, match="TLS"):
-        loop.run_until_complete(loop.create_server(Echo, "127.0.0.1", 0, ssl=context))

@@ -189,3 +189,85 @@ def test_start_tls_rejects_a_non_context(loop):
         await asyncio.wait_for(client_proto.lost, 5)
 
     loop.run_until_complete(main())
+
+
+class EchoServer(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+def test_create_server_and_connection_with_ssl_echo(loop, server_context, client_context):
+    async def main():
+        server = await loop.create_server(EchoServer, "127.0.0.1", 0, ssl=server_context)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_context, server_hostname="ferroloop.test"
+        )
+        assert writer.get_extra_info("peercert") is not None
+        writer.write(b"hello over tls")
+        assert await reader.readexactly(14) == b"hello over tls"
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+def test_ssl_client_against_a_plaintext_server_never_sends_plaintext(loop, client_context):
+    async def main():
+        received = bytearray()
+        got_bytes = loop.create_future()
+
+        class Plain(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def data_received(self, data):
+                received.extend(data)
+                if not got_bytes.done():
+                    got_bytes.set_result(None)
+                self.transport.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                self.transport.close()
+
+        server = await loop.create_server(Plain, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await loop.create_connection(
+                asyncio.Protocol,
+                "127.0.0.1",
+                port,
+                ssl=client_context,
+                server_hostname="ferroloop.test",
+                ssl_handshake_timeout=5,
+            )
+        await got_bytes
+        # What crossed is a TLS record (handshake content type 22), never application data.
+        assert received[0] == 0x16
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+def test_server_side_connect_accepted_socket_with_ssl(loop, server_context, client_context):
+    async def main():
+        left, right = socket.socketpair()
+        accepted = loop.create_task(
+            loop.connect_accepted_socket(EchoServer, left, ssl=server_context)
+        )
+        reader, writer = await asyncio.open_connection(
+            sock=right, ssl=client_context, server_hostname="ferroloop.test"
+        )
+        server_transport, _ = await accepted
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        writer.close()
+        await writer.wait_closed()
+        server_transport.close()
+        await asyncio.sleep(0.01)
+
+    loop.run_until_complete(main())

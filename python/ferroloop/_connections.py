@@ -2,7 +2,7 @@
 
 Cold, argument-heavy orchestration: check the arguments exactly as asyncio does, resolve,
 race the candidate addresses (happy eyeballs), bind, then hand the connected socket to the
-Rust stream transport (`make_socket_transport`). TLS (issue 5) is refused, never faked.
+Rust stream transport (`make_socket_transport`); with `ssl=`, TLS on top of it (`_tls.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import sys
 
 from ._server import Server
 from ._stream import make_socket_transport
+from ._tls import make_ssl_transport
 
 try:
     import ssl as ssl_module
@@ -32,10 +33,6 @@ logger = logging.getLogger("asyncio")
 _QUOTE_WHOLE_BIND_ERROR = sys.version_info >= (3, 13)
 
 _HAS_EXCEPTION_GROUP = sys.version_info >= (3, 11)
-
-
-def _tls_refused():
-    return NotImplementedError("TLS is not supported yet (issue 5)")
 
 
 def _bind_error_detail(err):
@@ -282,8 +279,8 @@ class ConnectionsMixin:
             raise ValueError("host and port was not specified and no sock specified")
         elif not _is_stream_socket(sock):
             raise ValueError(f"A Stream Socket was expected, got {sock!r}")
-        if ssl:
-            raise _tls_refused()
+        if ssl and server_hostname is None:
+            server_hostname = host
 
         if resolve:
             infos = await self._resolve_stream(host, port, family, proto, flags)
@@ -315,7 +312,14 @@ class ConnectionsMixin:
                 finally:
                     errors = None
 
-        transport, protocol = await self._wrap_connected(sock, protocol_factory)
+        transport, protocol = await self._wrap_connected(
+            sock,
+            protocol_factory,
+            ssl=ssl,
+            server_hostname=server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
         if self.get_debug():
             logger.debug(
                 "%r connected to %s:%r: (%r, %r)",
@@ -327,12 +331,36 @@ class ConnectionsMixin:
             )
         return transport, protocol
 
-    async def _wrap_connected(self, sock, protocol_factory):
-        """A plain stream transport over connected `sock`, after connection_made ran."""
+    async def _wrap_connected(
+        self,
+        sock,
+        protocol_factory,
+        *,
+        ssl=None,
+        server_side=False,
+        server_hostname=None,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
+    ):
+        """A stream transport over connected `sock` (TLS when `ssl` is set), returned
+        after connection_made ran (for TLS: after the handshake completed)."""
         sock.setblocking(False)
         protocol = protocol_factory()
         waiter = self.create_future()
-        transport = make_socket_transport(self, sock, protocol, waiter)
+        if ssl:
+            transport = make_ssl_transport(
+                self,
+                sock,
+                protocol,
+                None if isinstance(ssl, bool) else ssl,
+                waiter,
+                server_side=server_side,
+                server_hostname=server_hostname,
+                ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout,
+            )
+        else:
+            transport = make_socket_transport(self, sock, protocol, waiter)
         try:
             await waiter
         except BaseException:
@@ -373,8 +401,6 @@ class ConnectionsMixin:
             raise ValueError("no path and sock were specified")
         elif sock.family != socket.AF_UNIX or not _is_stream_socket(sock):
             raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
-        if ssl:
-            raise _tls_refused()
 
         if path is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
@@ -384,7 +410,14 @@ class ConnectionsMixin:
             except BaseException:
                 sock.close()
                 raise
-        return await self._wrap_connected(sock, protocol_factory)
+        return await self._wrap_connected(
+            sock,
+            protocol_factory,
+            ssl=ssl,
+            server_hostname=server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
 
     async def connect_accepted_socket(
         self,
@@ -403,9 +436,15 @@ class ConnectionsMixin:
         if ssl_shutdown_timeout is not None and not ssl:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
         _reject_ssl_socket(sock)
-        if ssl:
-            raise _tls_refused()
-        transport, protocol = await self._wrap_connected(sock, protocol_factory)
+        transport, protocol = await self._wrap_connected(
+            sock,
+            protocol_factory,
+            ssl=ssl,
+            server_side=True,
+            server_hostname="",
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
         if self.get_debug():
             logger.debug(
                 "%r handled: (%r, %r)", transport.get_extra_info("socket"), transport, protocol
@@ -458,8 +497,6 @@ class ConnectionsMixin:
             raise ValueError("Neither host/port nor sock were specified")
         elif not _is_stream_socket(sock):
             raise ValueError(f"A Stream Socket was expected, got {sock!r}")
-        if ssl:
-            raise _tls_refused()
 
         if bind:
             if reuse_address is None:
@@ -480,7 +517,16 @@ class ConnectionsMixin:
 
         for listener in sockets:
             listener.setblocking(False)
-        server = Server(self, sockets, protocol_factory, backlog)
+        server = Server(
+            self,
+            sockets,
+            protocol_factory,
+            backlog,
+            None,
+            ssl,
+            ssl_handshake_timeout,
+            ssl_shutdown_timeout,
+        )
         if start_serving:
             server._start_serving()
             await asyncio.sleep(0)
@@ -571,8 +617,6 @@ class ConnectionsMixin:
             raise ValueError("path was not specified, and no sock specified")
         elif sock.family != socket.AF_UNIX or not _is_stream_socket(sock):
             raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
-        if ssl:
-            raise _tls_refused()
 
         if path is not None:
             sock = _bind_unix(path)
@@ -585,7 +629,16 @@ class ConnectionsMixin:
                 except FileNotFoundError:
                     pass
         sock.setblocking(False)
-        server = Server(self, [sock], protocol_factory, backlog, unix_paths)
+        server = Server(
+            self,
+            [sock],
+            protocol_factory,
+            backlog,
+            unix_paths,
+            ssl,
+            ssl_handshake_timeout,
+            ssl_shutdown_timeout,
+        )
         if start_serving:
             server._start_serving()
             await asyncio.sleep(0)

@@ -15,6 +15,7 @@ import weakref
 from asyncio import trsock
 
 from ._stream import make_socket_transport
+from ._tls import make_ssl_transport
 
 logger = logging.getLogger("asyncio")
 
@@ -27,8 +28,22 @@ _ACCEPT_RETRY_DELAY = 1.0
 class Server(asyncio.AbstractServer):
     """Listening sockets serving connections with `protocol_factory`."""
 
-    def __init__(self, loop, sockets, protocol_factory, backlog, unix_paths=None):
+    def __init__(
+        self,
+        loop,
+        sockets,
+        protocol_factory,
+        backlog,
+        unix_paths=None,
+        ssl_context=None,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
+    ):
         self._loop = loop
+        # TLS for accepted connections: the user's SSLContext and timeouts, or None.
+        self._ssl_context = ssl_context
+        self._ssl_handshake_timeout = ssl_handshake_timeout
+        self._ssl_shutdown_timeout = ssl_shutdown_timeout
         self._sockets = sockets  # None once closed
         self._protocol_factory = protocol_factory
         self._backlog = backlog
@@ -121,9 +136,25 @@ class Server(asyncio.AbstractServer):
         try:
             conn.setblocking(False)
             protocol = self._protocol_factory()
-            make_socket_transport(
-                self._loop, conn, protocol, extra={"peername": address}, server=self
-            )
+            if self._ssl_context is None:
+                make_socket_transport(
+                    self._loop, conn, protocol, extra={"peername": address}, server=self
+                )
+            else:
+                handshake = self._loop.create_future()
+                handshake.add_done_callback(_retrieve_handshake_error)
+                make_ssl_transport(
+                    self._loop,
+                    conn,
+                    protocol,
+                    self._ssl_context,
+                    handshake,
+                    server_side=True,
+                    extra={"peername": address},
+                    server=self,
+                    ssl_handshake_timeout=self._ssl_handshake_timeout,
+                    ssl_shutdown_timeout=self._ssl_shutdown_timeout,
+                )
         except (SystemExit, KeyboardInterrupt):
             conn.close()
             raise
@@ -233,3 +264,10 @@ def _remove_if_ours(path, inode):
         pass
     except OSError as err:
         logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
+
+
+def _retrieve_handshake_error(handshake):
+    """A failed server-side handshake closes its connection (SSLProtocol does that and
+    reports it); the waiter's exception is read so it is not logged as never retrieved."""
+    if not handshake.cancelled():
+        handshake.exception()
