@@ -336,7 +336,7 @@ def test_unix_server_cleanup_socket(loop, loop_kind):
     async def main():
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "sock")
-            server = await loop.create_unix_server(Echo, path)
+            server = await loop.create_unix_server(Echo, path, cleanup_socket=True)
             assert os.path.exists(path)
             server.close()
             await server.wait_closed()
@@ -349,13 +349,26 @@ def test_unix_server_cleanup_socket(loop, loop_kind):
             os.unlink(path)
 
             # A file that replaced ours is not removed.
-            replaced = await loop.create_unix_server(Echo, path)
+            replaced = await loop.create_unix_server(Echo, path, cleanup_socket=True)
             os.unlink(path)
             with open(path, "w"):
                 pass
             replaced.close()
             await replaced.wait_closed()
             assert os.path.isfile(path)
+
+    loop.run_until_complete(main())
+
+
+def test_unix_server_socket_file_default_follows_the_python_version(loop):
+    # Python 3.13 removes the socket file on close by default; older versions keep it.
+    async def main():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "sock")
+            server = await loop.create_unix_server(Echo, path)
+            server.close()
+            await server.wait_closed()
+            assert os.path.exists(path) == (not ASYNCIO_313)
 
     loop.run_until_complete(main())
 

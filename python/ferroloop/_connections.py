@@ -34,6 +34,10 @@ _QUOTE_WHOLE_BIND_ERROR = sys.version_info >= (3, 13)
 
 _HAS_EXCEPTION_GROUP = sys.version_info >= (3, 11)
 
+# Python 3.13 added cleanup_socket (default True): closing a Unix server removes its socket
+# file. Older versions never remove it; ferroloop follows the running version by default.
+_CLEANUP_UNIX_SOCKETS_BY_DEFAULT = sys.version_info >= (3, 13)
+
 
 def _bind_error_detail(err):
     if _QUOTE_WHOLE_BIND_ERROR or not err.strerror:
@@ -598,7 +602,7 @@ class ConnectionsMixin:
         ssl_handshake_timeout=None,
         ssl_shutdown_timeout=None,
         start_serving=True,
-        cleanup_socket=True,
+        cleanup_socket=None,
     ):
         """A Unix stream server on `path` (a stale socket file there is replaced) or on
         `sock`. With `cleanup_socket`, closing the server removes the socket file if it
@@ -621,6 +625,8 @@ class ConnectionsMixin:
         if path is not None:
             sock = _bind_unix(path)
         unix_paths = {}
+        if cleanup_socket is None:
+            cleanup_socket = _CLEANUP_UNIX_SOCKETS_BY_DEFAULT
         if cleanup_socket:
             bound = sock.getsockname()
             if bound and bound[0] not in (0, "\x00"):  # not an abstract socket
