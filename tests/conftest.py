@@ -255,3 +255,16 @@ def pytest_collection_modifyitems(items):
             item.add_marker(
                 pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
             )
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def stream_kit(request, loop):
+    """A transport_support.StreamKit on ``loop`` over Unix socketpairs or loopback TCP;
+    everything it handed out is closed before the loop is."""
+    from transport_support import StreamKit
+
+    kit = StreamKit(loop, request.param)
+    try:
+        yield kit
+    finally:
+        kit.close_all()
