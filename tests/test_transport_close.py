@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import select
 import socket
 
-from support import run_once, run_until
+import pytest
+from support import PATIENCE, run_once, run_until
 from transport_support import RecordingProtocol, idle
 
 # -- close ----------------------------------------------------------------------------------
@@ -338,6 +340,9 @@ def test_write_to_a_reset_peer_fails_inside_write(stream_kit):
     transport.pause_reading()
     transport.write(b"unread")
     peer.reset()
+    # Wait (without the loop) until the kernel has delivered the reset.
+    fd = transport.get_extra_info("socket").fileno()
+    assert select.select([fd], [], [], PATIENCE)[0]
     # The loop has not noticed; the immediate send inside write() fails, and write()
     # itself does not raise: the transport closes and reports through connection_lost.
     transport.write(b"more")
@@ -440,3 +445,21 @@ def test_os_errors_are_logged_only_in_debug_mode(stream_kit, caplog):
     assert record.getMessage().endswith(": Fatal read error on socket transport")
     assert record.exc_info[1] is protocol.lost[0]
     loop.set_debug(False)
+
+
+@pytest.mark.parametrize("how", ["close", "abort", "peer_eof"])
+def test_the_transport_closes_the_socket_object(stream_kit, how):
+    a, b = stream_kit.socket_pair()
+    protocol = RecordingProtocol()
+    transport = stream_kit.transport(a, protocol)
+    assert a.fileno() != -1
+    if how == "close":
+        transport.close()
+    elif how == "abort":
+        transport.abort()
+    else:
+        b.shutdown(socket.SHUT_WR)
+    run_until(stream_kit.loop, lambda: protocol.lost)
+    # The socket object the transport was given is closed, not just its descriptor.
+    assert a.fileno() == -1
+    assert transport.get_extra_info("socket").fileno() == -1

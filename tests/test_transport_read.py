@@ -497,3 +497,37 @@ def test_exception_in_connection_made(stream_kit, exc_handler):
     assert context["message"].startswith("Exception in callback ")
     assert not transport.is_closing()
     assert protocol.lost == []
+
+
+def test_protocol_callbacks_run_inside_the_running_loop(stream_kit):
+    loop = stream_kit.loop
+    seen = []
+
+    class Checking(RecordingProtocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            seen.append(("connection_made", asyncio.get_running_loop()))
+
+        def data_received(self, data):
+            super().data_received(data)
+            seen.append(("data_received", asyncio.get_running_loop()))
+
+        def eof_received(self):
+            seen.append(("eof_received", asyncio.get_running_loop()))
+            return super().eof_received()
+
+        def connection_lost(self, exc):
+            super().connection_lost(exc)
+            seen.append(("connection_lost", asyncio.get_running_loop()))
+
+    protocol = Checking()
+    _, peer = stream_kit.open(protocol)
+    peer.send(b"x")
+    peer.shutdown_write()
+    run_until(loop, lambda: protocol.lost)
+    assert seen == [
+        ("connection_made", loop),
+        ("data_received", loop),
+        ("eof_received", loop),
+        ("connection_lost", loop),
+    ]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from support import run_once, run_until
-from transport_support import RecordingProtocol
+from transport_support import Peer, RecordingProtocol
 
 
 def test_is_an_asyncio_transport(stream_kit):
@@ -263,3 +263,14 @@ def test_buffer_size_drains_to_zero(stream_kit):
     assert transport.get_write_buffer_size() == 0
     peer.drain(len(data) + 4)
     assert bytes(peer.data) == data + b"tail"
+
+
+def test_write_before_connection_made_is_sent_at_once(stream_kit, loop):
+    a, b = stream_kit.socket_pair()
+    protocol = RecordingProtocol()
+    transport = stream_kit.transport(a, protocol, wait=False)
+    transport.write(b"eager")
+    assert transport.get_write_buffer_size() == 0
+    assert protocol.events == []
+    assert Peer(loop, b).recv_at_least_now(5) == b"eager"
+    run_until(loop, lambda: protocol.events == ["connection_made"])
