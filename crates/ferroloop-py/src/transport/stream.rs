@@ -259,7 +259,9 @@ impl StreamCore {
             return Err(err);
         }
         let exc = err.into_value(py);
-        if !exc.bind(py).is_instance_of::<pyo3::exceptions::PyOSError>() {
+        if exc.bind(py).is_instance_of::<pyo3::exceptions::PyOSError>() {
+            Self::log_os_error_in_debug(slf, exc.bind(py).as_any(), message)?;
+        } else {
             let context = PyDict::new(py);
             context.set_item("message", message)?;
             context.set_item("exception", exc.clone_ref(py))?;
@@ -267,6 +269,36 @@ impl StreamCore {
             Self::report(slf, context)?;
         }
         Self::force_close(slf, Some(exc.into_any()))
+    }
+
+    /// asyncio logs OS errors on a transport only in debug mode, at DEBUG level.
+    fn log_os_error_in_debug(
+        slf: &Bound<'_, Self>,
+        exc: &Bound<'_, PyAny>,
+        message: &str,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let Some(event_loop) = slf.get().loop_obj(py) else {
+            return Ok(());
+        };
+        if !event_loop
+            .call_method0(py, intern!(py, "get_debug"))?
+            .bind(py)
+            .is_truthy()?
+        {
+            return Ok(());
+        }
+        let logger = py
+            .import("logging")?
+            .call_method1("getLogger", ("asyncio",))?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("exc_info", exc)?;
+        logger.call_method(
+            "debug",
+            ("%r: %s", slf.get().owner(py), message),
+            Some(&kwargs),
+        )?;
+        Ok(())
     }
 
     fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
@@ -401,8 +433,8 @@ fn payload(data: &Bound<'_, PyAny>) -> PyResult<Payload> {
         return Ok(Payload::Copied(copy.as_bytes().to_vec()));
     }
     Err(PyTypeError::new_err(format!(
-        "data argument must be a bytes-like object, not {:?}",
-        data.get_type().name()?.to_string()
+        "data argument must be a bytes-like object, not '{}'",
+        data.get_type().name()?
     )))
 }
 
@@ -774,7 +806,8 @@ impl StreamCore {
             Some(low) => 4 * low,
             None => DEFAULT_HIGH_WATER as i64,
         });
-        let low = low.unwrap_or(high / 4);
+        // Floor division, as Python's `high // 4` (matters for negative values).
+        let low = low.unwrap_or(high.div_euclid(4));
         if !(high >= low && low >= 0) {
             return Err(PyValueError::new_err(format!(
                 "high ({high}) must be >= low ({low}) must be >= 0"
