@@ -18,6 +18,7 @@ from ._executor import ExecutorMixin
 from ._running import RunningMixin
 from ._sendfile import SendfileMixin
 from ._signals import SignalsMixin
+from ._sockets import SocketsMixin
 from ._tasks import TasksMixin
 from ._tls import TlsMixin
 
@@ -49,6 +50,7 @@ class Loop(
     ConnectionsMixin,
     SendfileMixin,
     TlsMixin,
+    SocketsMixin,
     asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop whose engine is Rust. Create it with `new_event_loop()`."""

@@ -13,6 +13,7 @@ mod gil_cell;
 mod handle;
 mod run;
 mod transport;
+mod sock_ops;
 
 use pyo3::prelude::*;
 
@@ -30,6 +31,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
     m.add_class::<transport::stream::StreamCore>()?;
+    m.add_class::<sock_ops::SockOp>()?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     Ok(())
 }
