@@ -309,6 +309,8 @@ impl OpKind {
     /// released: it may call into Python.
     fn attempt(&mut self, py: Python<'_>, fd: RawFd, sock: &Bound<'_, PyAny>) -> Step {
         match self {
+            // As the socket module: asking for nothing makes no syscall.
+            OpKind::Recv { n: 0 } => Step::Done(Ok(PyBytes::new(py, b"").into_any().unbind())),
             OpKind::Recv { n } => match recv_bytes(py, fd, *n) {
                 Ok(result) => Step::Done(result),
                 Err(err) if would_block(&err) => Step::Pending,
@@ -320,6 +322,10 @@ impl OpKind {
                     Err(err) => return Step::Done(Err(err)),
                 };
                 let (ptr, len) = (buffer.buf_ptr() as usize, buffer.len_bytes());
+                if len == 0 {
+                    buffer.release(py);
+                    return Step::Done(0usize.into_py_any(py));
+                }
                 let got = retry_eintr(|| {
                     // SAFETY: the exported, writable, contiguous buffer is `len` bytes.
                     let got = unsafe { libc::recv(fd, ptr as *mut libc::c_void, len, 0) };
