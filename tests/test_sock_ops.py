@@ -690,3 +690,35 @@ def test_sock_sendfile_argument_errors(loop, data_file):
     with tempfile.TemporaryFile("w") as text, tcp_pair(loop) as (client, server):
         with pytest.raises(ValueError, match="binary mode"):
             run(loop, loop.sock_sendfile(client, text))
+
+
+def test_socket_closed_while_sock_recv_waits(loop):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    with b:
+
+        async def main():
+            pending = asyncio.ensure_future(loop.sock_recv(a, 100))
+            await asyncio.sleep(0.01)
+            a.close()
+            # A new socket may now get the same fd number; its data is not the
+            # pending receive's to take.
+            c, d = socket.socketpair()
+            with c, d:
+                c.setblocking(False)
+                d.send(b"not yours")
+                # Watching the new socket must not revive the old receive.
+                try:
+                    loop.add_writer(c, lambda: None)
+                except OSError:
+                    pass  # asyncio's selector refuses the stale registration
+                else:
+                    await asyncio.sleep(0.05)
+                    loop.remove_writer(c)
+                await asyncio.sleep(0.01)
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    await pending
+                return c.recv(100)
+
+        assert run(loop, main()) == b"not yours"

@@ -671,6 +671,11 @@ impl SockOp {
             .is_truthy()?;
         let step = if done {
             Step::Pending
+        } else if sock_fd(sock.bind(py)).ok() != Some(fd) {
+            // The socket was closed (and its fd number perhaps reused) while waiting:
+            // fail as the socket's own method would, never touching another socket.
+            let closed = io::Error::from_raw_os_error(libc::EBADF);
+            Step::Done(Err(os_error(closed)))
         } else {
             kind.attempt(py, fd, sock.bind(py))
         };
