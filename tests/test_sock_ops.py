@@ -521,6 +521,7 @@ def test_sock_sendall_to_closed_peer(loop):
 
 def test_sock_recv_closed_socket(loop):
     sock = socket.socket()
+    sock.setblocking(False)
     sock.close()
     with pytest.raises(OSError) as info:
         run(loop, loop.sock_recv(sock, 10))
