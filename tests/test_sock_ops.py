@@ -723,3 +723,46 @@ def test_socket_closed_while_sock_recv_waits(loop):
                 return c.recv(100)
 
         assert run(loop, main()) == b"not yours"
+
+
+def test_sock_sendto_address_forms(loop):
+    with udp_pair() as (a, b):
+        port = b.getsockname()[1]
+
+        async def main():
+            sent = [
+                await loop.sock_sendto(a, b"numeric", ("127.0.0.1", port)),
+                await loop.sock_sendto(a, bytearray(b"by name"), ("localhost", port)),
+                await loop.sock_sendto(a, memoryview(b"view"), ("127.0.0.1", port)),
+            ]
+            received = [(await loop.sock_recvfrom(b, 100))[0] for _ in range(3)]
+            return sent, received
+
+        sent, received = run(loop, main())
+        assert sent == [7, 7, 4]
+        assert received == [b"numeric", b"by name", b"view"]
+
+
+def test_sock_sendto_errors(loop):
+    with udp_pair() as (a, b):
+        with pytest.raises(TypeError):
+            run(loop, loop.sock_sendto(a, "text", b.getsockname()))
+        with pytest.raises(OverflowError):
+            run(loop, loop.sock_sendto(a, b"x", ("127.0.0.1", 70000)))
+        with pytest.raises(OSError) as info:
+            run(loop, loop.sock_sendto(a, b"x" * 70000, b.getsockname()))
+        assert info.value.errno == errno.EMSGSIZE
+
+
+@pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback")
+def test_sock_sendto_ipv6_tuple_lengths(loop):
+    with udp_pair(socket.AF_INET6, "::1") as (a, b):
+        port = b.getsockname()[1]
+
+        async def main():
+            await loop.sock_sendto(a, b"2", ("::1", port))
+            await loop.sock_sendto(a, b"3", ("::1", port, 0))
+            await loop.sock_sendto(a, b"4", ("::1", port, 0, 0))
+            return [(await loop.sock_recvfrom(b, 10))[0] for _ in range(3)]
+
+        assert run(loop, main()) == [b"2", b"3", b"4"]

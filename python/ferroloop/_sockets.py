@@ -142,7 +142,10 @@ class SocketsMixin:
         """Send the datagram `data` to `address`; returns the number of bytes sent."""
         _reject_ssl_socket(sock)
         self._check_nonblocking(sock)
-        result = self._sock_call(sock, "sendto", (data, address), False)
+        if sock.family in _IP_FAMILIES:
+            result = self._sock_sendto(sock, data, address, sock.family)
+        else:
+            result = self._sock_call(sock, "sendto", (data, address), False)
         if _isfuture(result):
             return await result
         return result

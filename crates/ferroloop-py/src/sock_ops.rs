@@ -68,6 +68,17 @@ enum OpKind {
     },
     /// `os.sendfile` from `file_fd` starting at `offset`.
     SendFile(SendFile),
+    /// `sock.sendto(data, address)` to a numeric IPv4/IPv6 address.
+    SendTo {
+        data: PyUntypedBuffer,
+        address: SockAddr,
+    },
+}
+
+/// A socket address built in Rust, for `sendto`.
+struct SockAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
 }
 
 /// The progress of a zero-copy `sock_sendfile`.
@@ -256,6 +267,81 @@ extern "C" {
         dst: *mut libc::c_char,
         size: libc::socklen_t,
     ) -> *const libc::c_char;
+
+    /// POSIX `inet_pton`, the test the socket module makes for a numeric host.
+    fn inet_pton(af: libc::c_int, src: *const libc::c_char, dst: *mut libc::c_void) -> libc::c_int;
+}
+
+/// `address` as a sockaddr of `family` when it is a numeric (host, port[, flowinfo[,
+/// scope_id]]) tuple whose values the socket module would accept unchanged; `None`
+/// otherwise (host names, special names, bad values: the socket module handles them).
+fn numeric_sockaddr(family: i32, address: &Bound<'_, PyAny>) -> Option<SockAddr> {
+    let tuple = address.cast::<PyTuple>().ok()?;
+    let items: Vec<Bound<'_, PyAny>> = tuple.iter().collect();
+    let (host, port) = match (family, items.len()) {
+        (libc::AF_INET, 2) | (libc::AF_INET6, 2..=4) => (&items[0], &items[1]),
+        _ => return None,
+    };
+    let host = host.cast::<PyString>().ok()?.to_str().ok()?;
+    let host = std::ffi::CString::new(host).ok()?;
+    if !port.is_exact_instance_of::<pyo3::types::PyInt>() {
+        return None;
+    }
+    let port: u16 = port.extract().ok()?;
+    // SAFETY: an all-zero sockaddr_storage is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = if family == libc::AF_INET {
+        // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in.
+        let addr = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_port = port.to_be();
+        // SAFETY: `host` is NUL-terminated; sin_addr is a writable in_addr.
+        let ok = unsafe {
+            inet_pton(
+                libc::AF_INET,
+                host.as_ptr(),
+                (&mut addr.sin_addr as *mut libc::in_addr).cast(),
+            )
+        };
+        if ok != 1 {
+            return None;
+        }
+        std::mem::size_of::<libc::sockaddr_in>()
+    } else {
+        let small = |index: usize| -> Option<u32> {
+            match items.get(index) {
+                None => Some(0),
+                Some(value) if value.is_exact_instance_of::<pyo3::types::PyInt>() => {
+                    value.extract().ok()
+                }
+                Some(_) => None,
+            }
+        };
+        let flowinfo = small(2).filter(|&f| f <= 0xfffff)?;
+        let scope_id = small(3)?;
+        // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in6.
+        let addr = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
+        addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        addr.sin6_port = port.to_be();
+        addr.sin6_flowinfo = flowinfo.to_be();
+        addr.sin6_scope_id = scope_id;
+        // SAFETY: `host` is NUL-terminated; sin6_addr is a writable in6_addr.
+        let ok = unsafe {
+            inet_pton(
+                libc::AF_INET6,
+                host.as_ptr(),
+                (&mut addr.sin6_addr as *mut libc::in6_addr).cast(),
+            )
+        };
+        if ok != 1 {
+            return None;
+        }
+        std::mem::size_of::<libc::sockaddr_in6>()
+    };
+    Some(SockAddr {
+        storage,
+        len: len as libc::socklen_t,
+    })
 }
 
 fn ntop(family: libc::c_int, addr: *const libc::c_void) -> PyResult<String> {
@@ -477,6 +563,32 @@ impl OpKind {
                 }
             }
             OpKind::SendFile(state) => state.attempt(py, fd),
+            OpKind::SendTo { data, address } => {
+                let sent = retry_eintr(|| {
+                    // SAFETY: the exported buffer is `len_bytes()` readable bytes; the
+                    // address is a valid sockaddr of `address.len` bytes.
+                    let got = unsafe {
+                        libc::sendto(
+                            fd,
+                            data.buf_ptr().cast_const(),
+                            data.len_bytes(),
+                            libc::MSG_NOSIGNAL,
+                            (&address.storage as *const libc::sockaddr_storage).cast(),
+                            address.len,
+                        )
+                    };
+                    if got < 0 {
+                        Err(io::Error::last_os_error())
+                    } else {
+                        Ok(got as usize)
+                    }
+                });
+                match sent {
+                    Ok(sent) => Step::Done(sent.into_py_any(py)),
+                    Err(err) if would_block(&err) => Step::Pending,
+                    Err(err) => Step::Done(Err(os_error(err))),
+                }
+            }
         }
     }
 
@@ -486,9 +598,10 @@ impl OpKind {
             | OpKind::RecvInto { .. }
             | OpKind::RecvFrom { .. }
             | OpKind::RecvFromInto { .. } => Direction::Read,
-            OpKind::SendAll { .. } | OpKind::Connect { .. } | OpKind::SendFile(_) => {
-                Direction::Write
-            }
+            OpKind::SendAll { .. }
+            | OpKind::Connect { .. }
+            | OpKind::SendFile(_)
+            | OpKind::SendTo { .. } => Direction::Write,
             OpKind::Call { accept, .. } => {
                 if *accept {
                     Direction::Read
@@ -961,8 +1074,33 @@ impl EventLoop {
         Self::sock_start(slf, sock, fd, kind)
     }
 
+    /// `sock.sendto(data, address)` now, or a future for it. A numeric IPv4/IPv6
+    /// address is sent to from Rust; any other goes through the socket's own method.
+    fn _sock_sendto(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyAny>,
+        address: &Bound<'_, PyAny>,
+        family: i32,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let fd = sock_fd(sock)?;
+        let kind = match numeric_sockaddr(family, address) {
+            Some(address) => OpKind::SendTo {
+                data: read_buffer(data)?,
+                address,
+            },
+            None => OpKind::Call {
+                method: pyo3::intern!(py, "sendto").clone().unbind(),
+                args: PyTuple::new(py, [data, address])?.unbind(),
+                accept: false,
+            },
+        };
+        Self::sock_start(slf, sock, fd, kind)
+    }
+
     /// `sock.<method>(*args)` now, or a future for it, waiting for readability when
-    /// `read` (used for accept, sendto and recvfrom on other socket families).
+    /// `read` (used for accept, and sendto/recvfrom on other socket families).
     /// `accept` makes the accepted socket non-blocking.
     fn _sock_call(
         slf: &Bound<'_, Self>,
