@@ -102,45 +102,8 @@ def _close_if_connected(task):
         task.result().close()
 
 
-def _connect_writable(future, sock, address):
-    """Writer callback of a non-blocking connect: the outcome is in SO_ERROR."""
-    if future.done():
-        return
-    try:
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err != 0:
-            raise OSError(err, f"Connect call failed {address}")
-    except (BlockingIOError, InterruptedError):
-        return  # still in progress; the writer stays registered
-    except (SystemExit, KeyboardInterrupt):
-        raise
-    except BaseException as exc:
-        future.set_exception(exc)
-    else:
-        future.set_result(None)
-
-
 class ConnectionsMixin:
     """create_connection, create_server, their Unix variants and connect_accepted_socket."""
-
-    # -- stand-ins until the Rust sock_connect lands --------------------------------------
-
-    async def _connect_sock(self, sock, address):
-        """Connect non-blocking `sock` to the already resolved `address`."""
-        try:
-            sock.connect(address)
-        except (BlockingIOError, InterruptedError):
-            pass
-        else:
-            return
-        fd = sock.fileno()
-        future = self.create_future()
-        self._add_writer(fd, _connect_writable, future, sock, address)
-        try:
-            await future
-        finally:
-            self._remove_writer(fd)
-            future = None  # break the cycle through a stored exception
 
     # -- client side ----------------------------------------------------------------------
 
@@ -178,7 +141,7 @@ class ConnectionsMixin:
                         errors.extend(bind_errors[:-1])
                         raise bind_errors[-1]
                     raise OSError(f"no matching local address with {family=} found")
-            await self._connect_sock(sock, address)
+            await self.sock_connect(sock, address)
             return sock
         except OSError as exc:
             errors.append(exc)
@@ -410,7 +373,7 @@ class ConnectionsMixin:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
             try:
                 sock.setblocking(False)
-                await self._connect_sock(sock, path)
+                await self.sock_connect(sock, path)
             except BaseException:
                 sock.close()
                 raise
