@@ -12,8 +12,8 @@ mod fds;
 mod gil_cell;
 mod handle;
 mod run;
-mod transport;
 mod sock_ops;
+mod transport;
 
 use pyo3::prelude::*;
 
