@@ -627,47 +627,43 @@ impl OpKind {
 
 impl SendFile {
     fn attempt(&mut self, py: Python<'_>, fd: RawFd) -> Step {
-        let mut moved = 0usize;
-        loop {
-            let ask = if self.count > 0 {
-                let left = self.count.saturating_sub(self.total_sent);
-                if left == 0 {
-                    self.update_file_position();
-                    return Step::Done(self.total_sent.into_py_any(py));
-                }
-                left
+        let ask = if self.count > 0 {
+            let left = self.count.saturating_sub(self.total_sent);
+            if left == 0 {
+                self.update_file_position();
+                return Step::Done(self.total_sent.into_py_any(py));
+            }
+            left
+        } else {
+            self.blocksize
+        };
+        let mut offset = self.offset as libc::off_t;
+        let sent = retry_eintr(|| {
+            // SAFETY: plain integer arguments and a pointer to a local offset.
+            let got = unsafe { libc::sendfile(fd, self.file_fd, &mut offset, ask) };
+            if got < 0 {
+                Err(io::Error::last_os_error())
             } else {
-                self.blocksize
-            };
-            let mut offset = self.offset as libc::off_t;
-            let sent = retry_eintr(|| {
-                // SAFETY: plain integer arguments and a pointer to a local offset.
-                let got = unsafe { libc::sendfile(fd, self.file_fd, &mut offset, ask) };
-                if got < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(got as usize)
-                }
-            });
-            match sent {
-                Ok(0) => {
-                    // End of file.
-                    self.update_file_position();
-                    return Step::Done(self.total_sent.into_py_any(py));
-                }
-                Ok(sent) => {
-                    self.offset += sent as i64;
-                    self.total_sent += sent;
-                    moved += sent;
-                    if moved >= MAX_BYTES_PER_STEP {
-                        return Step::Pending;
-                    }
-                }
-                Err(err) if would_block(&err) => return Step::Pending,
-                Err(err) => {
-                    self.update_file_position();
-                    return Step::Done(Err(self.sendfile_error(py, err)));
-                }
+                Ok(got as usize)
+            }
+        });
+        match sent {
+            Ok(0) => {
+                // End of file.
+                self.update_file_position();
+                Step::Done(self.total_sent.into_py_any(py))
+            }
+            Ok(sent) => {
+                // One chunk per loop iteration, as asyncio: the transfer stays "in
+                // progress" (transport.write() refused) until a later iteration.
+                self.offset += sent as i64;
+                self.total_sent += sent;
+                Step::Pending
+            }
+            Err(err) if would_block(&err) => Step::Pending,
+            Err(err) => {
+                self.update_file_position();
+                Step::Done(Err(self.sendfile_error(py, err)))
             }
         }
     }

@@ -398,6 +398,23 @@ impl StreamCore {
     }
 }
 
+/// Resolves the sendfile waiter unless it is already done (a drained queue may have
+/// resolved it before the connection was lost).
+fn settle(py: Python<'_>, waiter: &Py<PyAny>, outcome: Result<(), Py<PyAny>>) -> PyResult<()> {
+    if waiter
+        .call_method0(py, intern!(py, "done"))?
+        .bind(py)
+        .is_truthy()?
+    {
+        return Ok(());
+    }
+    match outcome {
+        Ok(()) => waiter.call_method1(py, intern!(py, "set_result"), (py.None(),))?,
+        Err(exc) => waiter.call_method1(py, intern!(py, "set_exception"), (exc,))?,
+    };
+    Ok(())
+}
+
 fn classify(n: isize, ok: impl FnOnce(usize) -> ReadOutcome) -> ReadOutcome {
     if n > 0 {
         ok(n as usize)
@@ -559,6 +576,11 @@ impl StreamCore {
                     "Cannot call write() after write_eof()",
                 ));
             }
+            if state.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err(
+                    "unable to write; sendfile is in progress",
+                ));
+            }
             (state.buffer.is_empty(), state.conn_lost)
         };
         let bytes: &[u8] = match &payload {
@@ -642,14 +664,19 @@ impl StreamCore {
             Ok(_) => {}
             Err(err) if would_block(&err) => return Ok(()),
             Err(err) => {
-                let dropped = this.state.borrow_mut(py).buffer.take();
+                let (dropped, waiter) = {
+                    let mut state = this.state.borrow_mut(py);
+                    let waiter = state.empty_waiter.as_ref().map(|w| w.clone_ref(py));
+                    (state.buffer.take(), waiter)
+                };
                 drop(dropped);
                 this.unwatch(py, intern!(py, "_remove_writer"))?;
-                return Self::fatal_error(
-                    slf,
-                    os_error(err),
-                    "Fatal write error on socket transport",
-                );
+                let err = os_error(err);
+                if let Some(waiter) = waiter {
+                    let exc = err.clone_ref(py).into_value(py);
+                    settle(py, &waiter, Err(exc.into_any()))?;
+                }
+                return Self::fatal_error(slf, err, "Fatal write error on socket transport");
             }
         }
         Self::maybe_resume_protocol(slf)?;
@@ -668,7 +695,7 @@ impl StreamCore {
             .as_ref()
             .map(|w| w.clone_ref(py));
         if let Some(waiter) = waiter {
-            waiter.call_method1(py, intern!(py, "set_result"), (py.None(),))?;
+            settle(py, &waiter, Ok(()))?;
         }
         if closing {
             Self::_call_connection_lost(slf, None)?;
@@ -860,12 +887,16 @@ impl StreamCore {
     fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let protocol = this
-            .state
-            .borrow_mut(py)
-            .protocol
-            .as_ref()
-            .map(|p| p.clone_ref(py));
+        let (protocol, waiter) = {
+            let mut state = this.state.borrow_mut(py);
+            let protocol = state.protocol.as_ref().map(|p| p.clone_ref(py));
+            (protocol, state.empty_waiter.take())
+        };
+        if let Some(waiter) = waiter {
+            // A sendfile in progress learns that the connection is gone.
+            let lost = pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
+            settle(py, &waiter, Err(lost.into_value(py).into_any()))?;
+        }
         let result = match protocol {
             Some(protocol) => protocol
                 .call_method1(py, intern!(py, "connection_lost"), (exc,))
@@ -919,7 +950,7 @@ impl StreamCore {
             event_loop.ok_or_else(|| PyRuntimeError::new_err("Transport is closed"))?;
         let waiter = event_loop.call_method0(py, intern!(py, "create_future"))?;
         if drained {
-            waiter.call_method1(py, intern!(py, "set_result"), (py.None(),))?;
+            settle(py, &waiter, Ok(()))?;
         }
         self.state.borrow_mut(py).empty_waiter = Some(waiter.clone_ref(py));
         Ok(waiter)
