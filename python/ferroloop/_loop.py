@@ -12,6 +12,7 @@ from asyncio import coroutines
 
 from . import _core
 from ._connections import ConnectionsMixin
+from ._datagram import DatagramMixin
 from ._dns import DnsMixin
 from ._errors import ErrorsMixin
 from ._executor import ExecutorMixin
@@ -51,6 +52,7 @@ class Loop(
     SendfileMixin,
     TlsMixin,
     SocketsMixin,
+    DatagramMixin,
     asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop whose engine is Rust. Create it with `new_event_loop()`."""

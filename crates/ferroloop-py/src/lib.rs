@@ -30,6 +30,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::EventLoop>()?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
+    m.add_class::<transport::datagram::DatagramCore>()?;
     m.add_class::<transport::stream::StreamCore>()?;
     m.add_class::<sock_ops::SockOp>()?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;

@@ -1,0 +1,1117 @@
+//! `DatagramCore`: the state machine of a datagram transport (UDP, Unix datagram).
+//!
+//! The Python class `ferroloop._datagram.DatagramTransport` derives from asyncio's
+//! transport classes and delegates every method here, as the stream transport does.
+//!
+//! Reading: a readable fd runs `_read_ready`, which `recvfrom`s up to
+//! [`MAX_DATAGRAMS_PER_WAKEUP`] datagrams (stopping at `EAGAIN`, or when the protocol
+//! closed the transport or paused reading) and calls
+//! `protocol.datagram_received(data, addr)` for each; `addr` is built in Rust in the
+//! socket module's form for AF_INET, AF_INET6 and AF_UNIX sockets, and sockets of other
+//! families are read through `sock.recvfrom` so Python builds their addresses. An OS
+//! error goes to `protocol.error_received(exc)` (e.g. the ICMP "port unreachable" a
+//! connected UDP socket reports as `ECONNREFUSED`).
+//!
+//! Writing: `sendto` sends at once when nothing is queued (`send` on a connected socket,
+//! `sendto` with a sockaddr built in Rust for numeric IPv4/IPv6 addresses, else the
+//! Python socket's `sendto`) and queues `(bytes, addr)` on `EAGAIN`; a writable fd
+//! runs `_sendto_ready`, which sends the queue in order. Water marks drive
+//! `pause_writing()`/`resume_writing()`. Semantics follow asyncio's selector datagram
+//! transport; the borrow rule holds: `state` is never borrowed across a call into Python.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::ffi::CStr;
+use std::io;
+use std::mem::{size_of, MaybeUninit};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{
+    PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PyOSError, PySystemExit,
+    PyTypeError, PyValueError,
+};
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyMemoryView, PyString, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use super::write_buffer::send;
+use crate::errors::os_error;
+use crate::gil_cell::GilCell;
+
+/// Bytes one `recvfrom` asks for at most (asyncio's `max_size`).
+const MAX_READ_SIZE: usize = 256 * 1024;
+/// Datagrams read per readiness event at most; the rest wait for the next iteration so
+/// one busy socket cannot starve the loop.
+const MAX_DATAGRAMS_PER_WAKEUP: usize = 32;
+/// Default high-water mark of the write queue, in bytes (asyncio's).
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+/// After this many sends on a lost connected endpoint, each further one logs a warning.
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+thread_local! {
+    /// One receive buffer per loop thread: reads never nest, and each datagram is
+    /// copied out (only its length) before any Python code runs.
+    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ_SIZE]);
+}
+
+/// A datagram waiting for the socket to become writable.
+struct Queued {
+    data: Py<PyBytes>,
+    addr: Option<Py<PyAny>>,
+}
+
+struct DatagramState {
+    /// The Python socket; `None` once connection_lost ran and the socket is closed.
+    sock: Option<Py<PyAny>>,
+    /// The `asyncio` transport object users see. Dropped at connection_lost, which
+    /// breaks the owner <-> core cycle.
+    owner: Option<Py<PyAny>>,
+    /// The loop; `None` after connection_lost.
+    event_loop: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+    /// The remote address of a connected endpoint (`remote_addr`), when truthy.
+    address: Option<Py<PyAny>>,
+    queue: VecDeque<Queued>,
+    /// Bytes queued, plus the per-datagram header allowance on Python 3.13+.
+    buffer_size: usize,
+    high_water: usize,
+    low_water: usize,
+    /// pause_writing() was called and resume_writing() not yet.
+    protocol_paused: bool,
+    /// close() or a fatal error started closing; no more reading.
+    closing: bool,
+    /// pause_reading() was called.
+    reading_paused: bool,
+    /// Non-zero once connection_lost is scheduled; counts sends after that.
+    conn_lost: u32,
+}
+
+/// The Rust half of a datagram transport.
+#[pyclass(module = "ferroloop._core", frozen)]
+pub struct DatagramCore {
+    fd: RawFd,
+    family: i32,
+    /// The socket had a peer name when the transport was made: send with `send()`.
+    connected: bool,
+    /// Bytes counted per queued datagram on top of its payload (8 on Python 3.13+).
+    header_size: usize,
+    /// Python 3.13+ sends empty datagrams; older versions drop them.
+    send_empty: bool,
+    state: GilCell<DatagramState>,
+}
+
+fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+}
+
+fn is_not_ready(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyBlockingIOError>(py) || err.is_instance_of::<PyInterruptedError>(py)
+}
+
+/// What one receive attempt produced.
+enum Received {
+    Datagram(Py<PyAny>, Py<PyAny>),
+    NotReady,
+    /// An `OSError`: for `protocol.error_received`.
+    Error(PyErr),
+    /// Anything else: a fatal error.
+    Fatal(PyErr),
+}
+
+/// What one send attempt produced.
+enum Sent {
+    Done,
+    NotReady,
+    /// An `OSError`: for `protocol.error_received`.
+    Error(PyErr),
+    /// Anything else: a fatal error.
+    Fatal(PyErr),
+}
+
+impl Sent {
+    fn from_py(py: Python<'_>, result: PyResult<()>) -> Sent {
+        match result {
+            Ok(()) => Sent::Done,
+            Err(err) if is_not_ready(py, &err) => Sent::NotReady,
+            Err(err) if err.is_instance_of::<PyOSError>(py) => Sent::Error(err),
+            Err(err) => Sent::Fatal(err),
+        }
+    }
+
+    fn from_io(result: io::Result<usize>) -> Sent {
+        match result {
+            Ok(_) => Sent::Done,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Sent::NotReady,
+            Err(err) => Sent::Error(os_error(err)),
+        }
+    }
+}
+
+/// A `PyBUF_SIMPLE` view of a bytes-like object, released on drop. Lives only inside one
+/// call made with the GIL held, and is not `Send`.
+struct SimpleBuffer {
+    view: ffi::Py_buffer,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl SimpleBuffer {
+    fn get(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let mut view = MaybeUninit::<ffi::Py_buffer>::uninit();
+        // SAFETY: `obj` is a live object; on success the view is initialised and released
+        // exactly once by `Drop`.
+        if unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_SIMPLE) }
+            != 0
+        {
+            return Err(PyErr::fetch(obj.py()));
+        }
+        Ok(SimpleBuffer {
+            // SAFETY: PyObject_GetBuffer succeeded, so the view is initialised.
+            view: unsafe { view.assume_init() },
+            _not_send: std::marker::PhantomData,
+        })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        let len = self.view.len.max(0) as usize;
+        if len == 0 || self.view.buf.is_null() {
+            return &[];
+        }
+        // SAFETY: a PyBUF_SIMPLE view is `len` contiguous bytes at `buf`, valid until the
+        // view is released (which needs `self`, so not before this borrow ends).
+        unsafe { std::slice::from_raw_parts(self.view.buf as *const u8, len) }
+    }
+}
+
+impl Drop for SimpleBuffer {
+    fn drop(&mut self) {
+        // SAFETY: the view was obtained by PyObject_GetBuffer and is released once; the
+        // value never leaves the GIL-holding call that created it (it is not `Send`).
+        unsafe { ffi::PyBuffer_Release(&mut self.view) };
+    }
+}
+
+/// A sockaddr for `addr` when Rust can build it exactly as the socket module would:
+/// numeric IPv4 `(host, port)` or IPv6 `(host, port[, flowinfo[, scope_id]])`.
+/// `None` means "let the Python socket parse it" (names, scopes, odd forms, errors).
+fn fast_sockaddr(family: i32, addr: &Bound<'_, PyAny>) -> Option<(libc::sockaddr_storage, u32)> {
+    let tuple = addr.cast::<PyTuple>().ok()?;
+    let host_obj = tuple.get_item(0).ok()?;
+    let host = host_obj.cast::<PyString>().ok()?.to_str().ok()?;
+    let port_obj = tuple.get_item(1).ok()?;
+    if !port_obj.is_instance_of::<PyInt>() {
+        return None;
+    }
+    let port: u16 = port_obj.extract().ok()?;
+    // SAFETY: an all-zero sockaddr_storage is a valid (unspecified) address.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    if family == libc::AF_INET && tuple.len() == 2 {
+        let ip: Ipv4Addr = host.parse().ok()?;
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(ip.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+        unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+        return Some((storage, size_of::<libc::sockaddr_in>() as u32));
+    }
+    if family == libc::AF_INET6 && (2..=4).contains(&tuple.len()) {
+        if host.contains('%') {
+            return None;
+        }
+        let ip: Ipv6Addr = host.parse().ok()?;
+        let mut extra = [0u32; 2];
+        for (i, slot) in extra.iter_mut().enumerate() {
+            if let Ok(item) = tuple.get_item(i + 2) {
+                if !item.is_instance_of::<PyInt>() {
+                    return None;
+                }
+                *slot = item.extract().ok()?;
+            }
+        }
+        let [flowinfo, scope_id] = extra;
+        if flowinfo > 0xfffff {
+            return None;
+        }
+        // SAFETY: an all-zero sockaddr_in6 is valid; every field is set below.
+        let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        sin6.sin6_port = port.to_be();
+        sin6.sin6_flowinfo = flowinfo.to_be();
+        sin6.sin6_addr = libc::in6_addr {
+            s6_addr: ip.octets(),
+        };
+        sin6.sin6_scope_id = scope_id;
+        // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+        unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+        return Some((storage, size_of::<libc::sockaddr_in6>() as u32));
+    }
+    None
+}
+
+// The C library's `inet_ntop` (the `libc` crate does not declare it); the socket module
+// formats addresses with it, so using it gives the same text (e.g. `::ffff:1.2.3.4`).
+extern "C" {
+    fn inet_ntop(
+        af: libc::c_int,
+        src: *const libc::c_void,
+        dst: *mut libc::c_char,
+        size: libc::socklen_t,
+    ) -> *const libc::c_char;
+}
+
+/// `inet_ntop`, as the socket module formats addresses.
+fn ntop(family: i32, src: *const libc::c_void) -> Option<String> {
+    let mut text = [0 as libc::c_char; 64];
+    // SAFETY: `src` points to an in_addr/in6_addr matching `family`; `text` is large
+    // enough for either (INET6_ADDRSTRLEN is 46) and inet_ntop NUL-terminates it.
+    let out = unsafe { inet_ntop(family, src, text.as_mut_ptr(), text.len() as u32) };
+    if out.is_null() {
+        return None;
+    }
+    // SAFETY: on success `text` holds a NUL-terminated string.
+    Some(
+        unsafe { CStr::from_ptr(text.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+/// The socket module's form of a received address (`makesockaddr`).
+fn sockaddr_to_py(
+    py: Python<'_>,
+    storage: &libc::sockaddr_storage,
+    len: usize,
+) -> PyResult<Py<PyAny>> {
+    if len == 0 {
+        return Ok(py.None());
+    }
+    let family = storage.ss_family as i32;
+    if family == libc::AF_INET && len >= size_of::<libc::sockaddr_in>() {
+        // SAFETY: the kernel wrote a sockaddr_in (family and length checked).
+        let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+        let host = ntop(family, &sin.sin_addr as *const _ as *const libc::c_void)
+            .ok_or_else(|| os_error(io::Error::last_os_error()))?;
+        return Ok((host, u16::from_be(sin.sin_port) as i32)
+            .into_pyobject(py)?
+            .into_any()
+            .unbind());
+    }
+    if family == libc::AF_INET6 && len >= size_of::<libc::sockaddr_in6>() {
+        // SAFETY: the kernel wrote a sockaddr_in6 (family and length checked).
+        let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+        let host = ntop(family, &sin6.sin6_addr as *const _ as *const libc::c_void)
+            .ok_or_else(|| os_error(io::Error::last_os_error()))?;
+        return Ok((
+            host,
+            u16::from_be(sin6.sin6_port) as i32,
+            u32::from_be(sin6.sin6_flowinfo),
+            sin6.sin6_scope_id,
+        )
+            .into_pyobject(py)?
+            .into_any()
+            .unbind());
+    }
+    if family == libc::AF_UNIX {
+        // SAFETY: the kernel wrote a sockaddr_un (family checked; sockaddr_storage is
+        // large enough, and only the first `len` bytes are read below).
+        let sun = unsafe { &*(storage as *const _ as *const libc::sockaddr_un) };
+        let offset = std::mem::offset_of!(libc::sockaddr_un, sun_path);
+        let path_len = len.saturating_sub(offset).min(sun.sun_path.len());
+        // SAFETY: sun_path is an array of c_char; reinterpreting as u8 is sound.
+        let path: &[u8] =
+            unsafe { std::slice::from_raw_parts(sun.sun_path.as_ptr().cast(), path_len) };
+        if path_len > 0 && path[0] == 0 {
+            // The Linux abstract namespace: bytes, leading NUL included.
+            return Ok(PyBytes::new(py, path).into_any().unbind());
+        }
+        let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+        // SAFETY: `path[..end]` is valid for reads; the call copies it into a new str.
+        let text = unsafe {
+            ffi::PyUnicode_DecodeFSDefaultAndSize(path.as_ptr().cast(), end as ffi::Py_ssize_t)
+        };
+        // SAFETY: a new reference or NULL with an exception set.
+        return unsafe { Bound::from_owned_ptr_or_err(py, text) }.map(Bound::unbind);
+    }
+    // Any other family: `(family, sa_data)` as the socket module's fallback.
+    // SAFETY: every sockaddr starts with the generic header; storage is large enough.
+    let generic = unsafe { &*(storage as *const _ as *const libc::sockaddr) };
+    // SAFETY: sa_data is an array of c_char; reinterpreting as u8 is sound.
+    let data: &[u8] = unsafe {
+        std::slice::from_raw_parts(generic.sa_data.as_ptr().cast(), generic.sa_data.len())
+    };
+    Ok((family, PyBytes::new(py, data))
+        .into_pyobject(py)?
+        .into_any()
+        .unbind())
+}
+
+impl DatagramCore {
+    fn loop_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow_mut(py)
+            .event_loop
+            .as_ref()
+            .map(|l| l.clone_ref(py))
+    }
+
+    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow_mut(py)
+            .protocol
+            .as_ref()
+            .map(|p| p.clone_ref(py))
+    }
+
+    fn sock_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow_mut(py)
+            .sock
+            .as_ref()
+            .map(|s| s.clone_ref(py))
+    }
+
+    /// `loop.<method>(fd, bound method of self)`, when the loop is still attached.
+    fn watch(slf: &Bound<'_, Self>, method: &Bound<'_, PyString>, callback: &str) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if let Some(event_loop) = this.loop_obj(py) {
+            let callback = slf.getattr(callback)?;
+            event_loop.call_method1(py, method, (this.fd, callback))?;
+        }
+        Ok(())
+    }
+
+    fn unwatch(&self, py: Python<'_>, method: &Bound<'_, PyString>) -> PyResult<()> {
+        if let Some(event_loop) = self.loop_obj(py) {
+            event_loop.call_method1(py, method, (self.fd,))?;
+        }
+        Ok(())
+    }
+
+    fn error_received(&self, py: Python<'_>, err: PyErr) -> PyResult<()> {
+        if let Some(protocol) = self.protocol(py) {
+            protocol.call_method1(py, intern!(py, "error_received"), (err.into_value(py),))?;
+        }
+        Ok(())
+    }
+
+    fn add_transport_context(&self, py: Python<'_>, context: &Bound<'_, PyDict>) -> PyResult<()> {
+        let owner = self
+            .state
+            .borrow_mut(py)
+            .owner
+            .as_ref()
+            .map(|o| o.clone_ref(py));
+        context.set_item("transport", owner)?;
+        context.set_item("protocol", self.protocol(py))?;
+        Ok(())
+    }
+
+    fn report(&self, py: Python<'_>, context: Bound<'_, PyDict>) -> PyResult<()> {
+        if let Some(event_loop) = self.loop_obj(py) {
+            event_loop.call_method1(py, intern!(py, "call_exception_handler"), (context,))?;
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_fatal_error`: OS errors only close the transport; anything else is also
+    /// reported to the exception handler.
+    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        if is_exit(py, &err) {
+            return Err(err);
+        }
+        let this = slf.get();
+        let exc = err.into_value(py);
+        if !exc.bind(py).is_instance_of::<PyOSError>() {
+            let context = PyDict::new(py);
+            context.set_item("message", message)?;
+            context.set_item("exception", exc.clone_ref(py))?;
+            this.add_transport_context(py, &context)?;
+            this.report(py, context)?;
+        }
+        Self::force_close(slf, Some(exc.into_any()))
+    }
+
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (dropped, had_queue, was_closing) = {
+            let mut state = this.state.borrow_mut(py);
+            if state.conn_lost > 0 {
+                return Ok(());
+            }
+            let had_queue = !state.queue.is_empty();
+            let dropped = std::mem::take(&mut state.queue);
+            state.buffer_size = 0;
+            let was_closing = state.closing;
+            state.closing = true;
+            state.conn_lost += 1;
+            (dropped, had_queue, was_closing)
+        };
+        drop(dropped);
+        if had_queue {
+            this.unwatch(py, intern!(py, "_remove_writer"))?;
+        }
+        if !was_closing {
+            this.unwatch(py, intern!(py, "_remove_reader"))?;
+        }
+        Self::schedule_connection_lost(slf, exc)
+    }
+
+    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        if let Some(event_loop) = slf.get().loop_obj(py) {
+            let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
+            event_loop.call_method1(py, intern!(py, "call_soon"), (callback, exc))?;
+        }
+        Ok(())
+    }
+
+    fn notify_protocol(
+        slf: &Bound<'_, Self>,
+        name: &Bound<'_, PyString>,
+        message: &str,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(protocol) = this.protocol(py) else {
+            return Ok(());
+        };
+        match protocol.call_method0(py, name) {
+            Ok(_) => Ok(()),
+            Err(err) if is_exit(py, &err) => Err(err),
+            Err(err) => {
+                let context = PyDict::new(py);
+                context.set_item("message", message)?;
+                context.set_item("exception", err.into_value(py))?;
+                this.add_transport_context(py, &context)?;
+                this.report(py, context)
+            }
+        }
+    }
+
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let mut state = slf.get().state.borrow_mut(py);
+            if state.buffer_size <= state.high_water || state.protocol_paused {
+                return Ok(());
+            }
+            state.protocol_paused = true;
+        }
+        Self::notify_protocol(
+            slf,
+            intern!(py, "pause_writing"),
+            "protocol.pause_writing() failed",
+        )
+    }
+
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let mut state = slf.get().state.borrow_mut(py);
+            if !state.protocol_paused || state.buffer_size > state.low_water {
+                return Ok(());
+            }
+            state.protocol_paused = false;
+        }
+        Self::notify_protocol(
+            slf,
+            intern!(py, "resume_writing"),
+            "protocol.resume_writing() failed",
+        )
+    }
+
+    /// One `recvfrom`, in Rust for the families whose addresses Rust builds.
+    fn receive(&self, py: Python<'_>, sock: &Py<PyAny>) -> Received {
+        if !matches!(self.family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX) {
+            return match sock.call_method1(py, intern!(py, "recvfrom"), (MAX_READ_SIZE,)) {
+                Ok(pair) => match pair.extract::<(Py<PyAny>, Py<PyAny>)>(py) {
+                    Ok((data, addr)) => Received::Datagram(data, addr),
+                    Err(err) => Received::Fatal(err),
+                },
+                Err(err) if is_not_ready(py, &err) => Received::NotReady,
+                Err(err) if err.is_instance_of::<PyOSError>(py) => Received::Error(err),
+                Err(err) => Received::Fatal(err),
+            };
+        }
+        // SAFETY: an all-zero sockaddr_storage is valid.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let received = READ_BUFFER.with_borrow_mut(|buf| loop {
+            let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            // SAFETY: `buf` is writable for `buf.len()` bytes and `storage` for `len`
+            // bytes; the kernel writes at most that much and updates `len`.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    &mut storage as *mut _ as *mut libc::sockaddr,
+                    &mut len,
+                )
+            };
+            if n >= 0 {
+                let data = PyBytes::new(py, &buf[..n as usize]);
+                break Ok((data.into_any().unbind(), len as usize));
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                break Err(err);
+            }
+        });
+        match received {
+            Ok((data, len)) => match sockaddr_to_py(py, &storage, len) {
+                Ok(addr) => Received::Datagram(data, addr),
+                Err(err) => Received::Fatal(err),
+            },
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Received::NotReady,
+            Err(err) => Received::Error(os_error(err)),
+        }
+    }
+
+    /// One send of `data` to `addr` (`send` when connected, else `sendto`).
+    fn send_datagram(
+        &self,
+        py: Python<'_>,
+        sock: &Py<PyAny>,
+        data: &Bound<'_, PyAny>,
+        addr: Option<&Bound<'_, PyAny>>,
+    ) -> Sent {
+        let target = match (self.connected, addr) {
+            (true, _) => None,
+            (false, Some(addr)) => match fast_sockaddr(self.family, addr) {
+                Some(target) => Some(target),
+                None => {
+                    let result = sock
+                        .call_method1(py, intern!(py, "sendto"), (data, addr))
+                        .map(drop);
+                    return Sent::from_py(py, result);
+                }
+            },
+            (false, None) => {
+                // The socket module decides (it raises TypeError for a missing address).
+                let result = sock
+                    .call_method1(py, intern!(py, "sendto"), (data, py.None()))
+                    .map(drop);
+                return Sent::from_py(py, result);
+            }
+        };
+        let view;
+        let bytes: &[u8] = match data.cast::<PyBytes>() {
+            Ok(b) => b.as_bytes(),
+            Err(_) => match SimpleBuffer::get(data) {
+                Ok(v) => {
+                    view = v;
+                    view.as_slice()
+                }
+                Err(err) => return Sent::Fatal(err),
+            },
+        };
+        loop {
+            let result = match &target {
+                None => send(self.fd, bytes),
+                Some((storage, len)) => {
+                    // SAFETY: `bytes` is valid for reads; `storage` holds a sockaddr of
+                    // `len` bytes built by fast_sockaddr.
+                    let n = unsafe {
+                        libc::sendto(
+                            self.fd,
+                            bytes.as_ptr().cast(),
+                            bytes.len(),
+                            libc::MSG_NOSIGNAL,
+                            storage as *const _ as *const libc::sockaddr,
+                            *len,
+                        )
+                    };
+                    if n < 0 {
+                        Err(io::Error::last_os_error())
+                    } else {
+                        Ok(n as usize)
+                    }
+                }
+            };
+            match result {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                other => return Sent::from_io(other),
+            }
+        }
+    }
+}
+
+/// The `bytes` to queue for `data`: the object itself for `bytes`, else `bytes(data)`.
+fn to_bytes(data: &Bound<'_, PyAny>) -> PyResult<Py<PyBytes>> {
+    if let Ok(bytes) = data.cast_exact::<PyBytes>() {
+        return Ok(bytes.clone().unbind());
+    }
+    // SAFETY: `data` is alive; PyBytes_FromObject returns a new reference or NULL with
+    // an exception set.
+    let copy = unsafe { ffi::PyBytes_FromObject(data.as_ptr()) };
+    // SAFETY: as above.
+    let copy = unsafe { Bound::from_owned_ptr_or_err(data.py(), copy) }?;
+    Ok(copy.cast_into::<PyBytes>()?.unbind())
+}
+
+#[pymethods]
+impl DatagramCore {
+    /// `DatagramCore(loop, sock, protocol, owner, address=None, connected=False,
+    /// header_size=0, send_empty=False)`.
+    #[new]
+    #[pyo3(signature = (event_loop, sock, protocol, owner, address = None, connected = false, header_size = 0, send_empty = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn py_new(
+        event_loop: Py<PyAny>,
+        sock: Bound<'_, PyAny>,
+        protocol: Py<PyAny>,
+        owner: Py<PyAny>,
+        address: Option<Bound<'_, PyAny>>,
+        connected: bool,
+        header_size: usize,
+        send_empty: bool,
+    ) -> PyResult<Self> {
+        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        let family: i32 = sock.getattr("family")?.extract()?;
+        let address = match address {
+            Some(a) if a.is_truthy()? => Some(a.unbind()),
+            _ => None,
+        };
+        Ok(DatagramCore {
+            fd,
+            family,
+            connected,
+            header_size,
+            send_empty,
+            state: GilCell::new(DatagramState {
+                sock: Some(sock.unbind()),
+                owner: Some(owner),
+                event_loop: Some(event_loop),
+                protocol: Some(protocol),
+                address,
+                queue: VecDeque::new(),
+                buffer_size: 0,
+                high_water: DEFAULT_HIGH_WATER,
+                low_water: DEFAULT_HIGH_WATER / 4,
+                protocol_paused: false,
+                closing: false,
+                reading_paused: false,
+                conn_lost: 0,
+            }),
+        })
+    }
+
+    /// The socket's fd.
+    #[getter]
+    fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// The Python socket, or None once closed.
+    #[getter]
+    fn sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.sock_obj(py)
+    }
+
+    /// The remote address of a connected endpoint, else None.
+    #[getter]
+    fn address(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow_mut(py)
+            .address
+            .as_ref()
+            .map(|a| a.clone_ref(py))
+    }
+
+    /// Called by the loop when the fd is readable: delivers up to
+    /// `MAX_DATAGRAMS_PER_WAKEUP` datagrams.
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        for _ in 0..MAX_DATAGRAMS_PER_WAKEUP {
+            let (sock, protocol) = {
+                let state = this.state.borrow_mut(py);
+                if state.conn_lost > 0 || state.closing || state.reading_paused {
+                    return Ok(());
+                }
+                match (&state.sock, &state.protocol) {
+                    (Some(s), Some(p)) => (s.clone_ref(py), p.clone_ref(py)),
+                    _ => return Ok(()),
+                }
+            };
+            match this.receive(py, &sock) {
+                Received::NotReady => return Ok(()),
+                Received::Error(err) => return this.error_received(py, err),
+                Received::Fatal(err) => {
+                    return Self::fatal_error(slf, err, "Fatal read error on datagram transport");
+                }
+                Received::Datagram(data, addr) => {
+                    protocol.call_method1(py, intern!(py, "datagram_received"), (data, addr))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `data` to `addr` (None: the connected peer); queues it if the socket is busy.
+    #[pyo3(signature = (data, addr = None))]
+    fn sendto(
+        slf: &Bound<'_, Self>,
+        data: &Bound<'_, PyAny>,
+        addr: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if !(data.is_instance_of::<PyBytes>()
+            || data.is_instance_of::<PyByteArray>()
+            || data.is_instance_of::<PyMemoryView>())
+        {
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not {}",
+                data.get_type().name()?.repr()?
+            )));
+        }
+        if !this.send_empty && !data.is_truthy()? {
+            return Ok(());
+        }
+        let address = this.address(py);
+        let mut addr = addr.filter(|a| !a.is_none());
+        if let Some(address) = &address {
+            let address = address.bind(py);
+            if let Some(given) = &addr {
+                if !given.is(address) && !given.eq(address)? {
+                    return Err(PyValueError::new_err(format!(
+                        "Invalid address: must be None or {}",
+                        address.str()?
+                    )));
+                }
+            }
+            addr = Some(address.clone());
+        }
+        let (conn_lost, queue_empty, sock) = {
+            let state = this.state.borrow_mut(py);
+            (
+                state.conn_lost,
+                state.queue.is_empty(),
+                state.sock.as_ref().map(|s| s.clone_ref(py)),
+            )
+        };
+        if conn_lost > 0 && (address.is_some() || sock.is_none()) {
+            if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+                py.import("logging")?
+                    .call_method1("getLogger", ("asyncio",))?
+                    .call_method1("warning", ("socket.send() raised exception.",))?;
+            }
+            this.state.borrow_mut(py).conn_lost += 1;
+            return Ok(());
+        }
+        let Some(sock) = sock else {
+            return Ok(());
+        };
+        if queue_empty {
+            match this.send_datagram(py, &sock, data, addr.as_ref()) {
+                Sent::Done => return Ok(()),
+                Sent::NotReady => Self::watch(slf, intern!(py, "_add_writer"), "_sendto_ready")?,
+                Sent::Error(err) => return this.error_received(py, err),
+                Sent::Fatal(err) => {
+                    return Self::fatal_error(slf, err, "Fatal write error on datagram transport");
+                }
+            }
+        }
+        let data = to_bytes(data)?;
+        let size = data.bind(py).as_bytes().len() + this.header_size;
+        {
+            let mut state = this.state.borrow_mut(py);
+            state.queue.push_back(Queued {
+                data,
+                addr: addr.map(Bound::unbind),
+            });
+            state.buffer_size += size;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    /// Called by the loop when the fd is writable and datagrams are queued.
+    fn _sendto_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        loop {
+            let (item, sock) = {
+                let mut state = this.state.borrow_mut(py);
+                let Some(sock) = state.sock.as_ref().map(|s| s.clone_ref(py)) else {
+                    return Ok(());
+                };
+                let Some(item) = state.queue.pop_front() else {
+                    break;
+                };
+                state.buffer_size -= item.data.bind(py).as_bytes().len() + this.header_size;
+                (item, sock)
+            };
+            let data = item.data.bind(py).clone().into_any();
+            let addr = item.addr.as_ref().map(|a| a.bind(py).clone());
+            match this.send_datagram(py, &sock, &data, addr.as_ref()) {
+                Sent::Done => {}
+                Sent::NotReady => {
+                    let size = item.data.bind(py).as_bytes().len() + this.header_size;
+                    let mut state = this.state.borrow_mut(py);
+                    state.queue.push_front(item);
+                    state.buffer_size += size;
+                    break;
+                }
+                Sent::Error(err) => return this.error_received(py, err),
+                Sent::Fatal(err) => {
+                    return Self::fatal_error(slf, err, "Fatal write error on datagram transport");
+                }
+            }
+        }
+        Self::maybe_resume_protocol(slf)?;
+        let (drained, closing) = {
+            let state = this.state.borrow_mut(py);
+            (state.queue.is_empty(), state.closing)
+        };
+        if drained {
+            this.unwatch(py, intern!(py, "_remove_writer"))?;
+            if closing {
+                Self::_call_connection_lost(slf, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops reading, sends what is queued, then closes (connection_lost(None)).
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let drained = {
+            let mut state = this.state.borrow_mut(py);
+            if state.closing {
+                return Ok(());
+            }
+            state.closing = true;
+            let drained = state.queue.is_empty();
+            if drained {
+                state.conn_lost += 1;
+            }
+            drained
+        };
+        this.unwatch(py, intern!(py, "_remove_reader"))?;
+        if drained {
+            this.unwatch(py, intern!(py, "_remove_writer"))?;
+            Self::schedule_connection_lost(slf, None)?;
+        }
+        Ok(())
+    }
+
+    /// Closes at once, dropping queued datagrams.
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, None)
+    }
+
+    /// asyncio's `_force_close`.
+    #[pyo3(signature = (exc = None))]
+    fn _force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        Self::force_close(slf, exc)
+    }
+
+    /// asyncio's `_fatal_error`.
+    #[pyo3(signature = (exc, message = "Fatal error on transport"))]
+    fn _fatal_error(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>, message: &str) -> PyResult<()> {
+        Self::fatal_error(slf, PyErr::from_value(exc), message)
+    }
+
+    /// True once close() (or a fatal error) started closing.
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow_mut(py).closing
+    }
+
+    /// True while the transport delivers incoming datagrams.
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        let state = self.state.borrow_mut(py);
+        !state.closing && !state.reading_paused
+    }
+
+    /// Stops delivering incoming datagrams until resume_reading().
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut state = this.state.borrow_mut(py);
+            if state.closing || state.reading_paused {
+                return Ok(());
+            }
+            state.reading_paused = true;
+        }
+        this.unwatch(py, intern!(py, "_remove_reader"))
+    }
+
+    /// Delivers incoming datagrams again.
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let mut state = slf.get().state.borrow_mut(py);
+            if state.closing || !state.reading_paused {
+                return Ok(());
+            }
+            state.reading_paused = false;
+        }
+        Self::watch(slf, intern!(py, "_add_reader"), "_read_ready")
+    }
+
+    /// Starts reading (scheduled right after connection_made).
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let state = slf.get().state.borrow_mut(py);
+            if state.closing || state.reading_paused || state.conn_lost > 0 {
+                return Ok(());
+            }
+        }
+        Self::watch(slf, intern!(py, "_add_reader"), "_read_ready")
+    }
+
+    /// Sets the water marks (asyncio's defaults and checks); may pause the protocol.
+    #[pyo3(signature = (high = None, low = None))]
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<Bound<'_, PyAny>>,
+        low: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let high: Option<i64> = high.map(|h| h.extract()).transpose()?;
+        let low: Option<i64> = low.map(|l| l.extract()).transpose()?;
+        let high = high.unwrap_or_else(|| match low {
+            Some(low) => low.saturating_mul(4),
+            None => DEFAULT_HIGH_WATER as i64,
+        });
+        let low = low.unwrap_or(high.div_euclid(4));
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!(
+                "high ({high}) must be >= low ({low}) must be >= 0"
+            )));
+        }
+        {
+            let mut state = slf.get().state.borrow_mut(py);
+            state.high_water = high as usize;
+            state.low_water = low as usize;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    /// `(low, high)` water marks.
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        let state = self.state.borrow_mut(py);
+        (state.low_water, state.high_water)
+    }
+
+    /// Bytes queued and not yet sent (plus 8 per datagram on Python 3.13+).
+    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.state.borrow_mut(py).buffer_size
+    }
+
+    /// Switches the protocol that receives datagrams and events.
+    fn set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>) {
+        let old = self.state.borrow_mut(py).protocol.replace(protocol);
+        drop(old);
+    }
+
+    /// The current protocol.
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol(py)
+    }
+
+    /// Calls protocol.connection_lost(exc) and closes the socket.
+    #[pyo3(signature = (exc = None))]
+    fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let result = match this.protocol(py) {
+            Some(protocol) => protocol
+                .call_method1(py, intern!(py, "connection_lost"), (exc,))
+                .map(drop),
+            None => Ok(()),
+        };
+        let released = {
+            let mut state = this.state.borrow_mut(py);
+            (
+                state.sock.take(),
+                state.protocol.take(),
+                state.event_loop.take(),
+                state.owner.take(),
+            )
+        };
+        let closed = match &released.0 {
+            Some(sock) => sock.call_method0(py, intern!(py, "close")).map(drop),
+            None => Ok(()),
+        };
+        drop(released);
+        result.and(closed)
+    }
+
+    /// True between pause_writing() and resume_writing().
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> bool {
+        self.state.borrow_mut(py).protocol_paused
+    }
+
+    /// A short description for the owner's repr: `fd=6 read=polling write=<idle, bufsize=0>`.
+    fn _describe(&self, py: Python<'_>) -> String {
+        let state = self.state.borrow_mut(py);
+        if state.sock.is_none() {
+            return "closed".into();
+        }
+        let mut text = String::new();
+        if state.closing {
+            text.push_str("closing ");
+        }
+        let reading = if !state.closing && !state.reading_paused {
+            "polling"
+        } else {
+            "idle"
+        };
+        let writing = if state.queue.is_empty() {
+            "idle"
+        } else {
+            "polling"
+        };
+        text.push_str(&format!(
+            "fd={} read={reading} write=<{writing}, bufsize={}>",
+            self.fd, state.buffer_size
+        ));
+        text
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(state) = self.state.try_borrow_in_gc() else {
+            return Ok(());
+        };
+        visit.call(&state.sock)?;
+        visit.call(&state.owner)?;
+        visit.call(&state.event_loop)?;
+        visit.call(&state.protocol)?;
+        visit.call(&state.address)?;
+        for item in &state.queue {
+            visit.call(&item.data)?;
+            visit.call(&item.addr)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let released = self.state.try_borrow_in_gc().map(|mut state| {
+            (
+                state.owner.take(),
+                state.event_loop.take(),
+                state.protocol.take(),
+                state.address.take(),
+                std::mem::take(&mut state.queue),
+            )
+        });
+        drop(released);
+    }
+}
