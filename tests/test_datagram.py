@@ -504,7 +504,12 @@ def drain(sink):
             return got
 
 
-def test_queue_flow_control_and_flush(loop, tmpdir_short):
+# asyncio 3.13.0-3.13.5 counted 8 header bytes per queued datagram but never subtracted
+# them (python/cpython#135444), so its buffer size never drains back to zero.
+ASYNCIO_HEADER_LEAK = (3, 13) <= sys.version_info < (3, 13, 6)
+
+
+def test_queue_flow_control_and_flush(loop, loop_kind, tmpdir_short):
     sink, tr, proto = blocked_client(loop, tmpdir_short)
     tr.set_write_buffer_limits(high=500)
     sent = [b"%04d" % i + b"." * 46 for i in range(200)]
@@ -521,8 +526,9 @@ def test_queue_flow_control_and_flush(loop, tmpdir_short):
 
     run_until(loop, done)
     assert received == sent
-    assert tr.get_write_buffer_size() == 0
-    assert proto.events == ["made", "pause", "resume"]
+    if not (loop_kind == "asyncio" and ASYNCIO_HEADER_LEAK):
+        assert tr.get_write_buffer_size() == 0
+        assert proto.events == ["made", "pause", "resume"]
     close_all(loop, tr)
     sink.close()
 
@@ -600,6 +606,7 @@ def test_close_before_connection_made(loop):
     assert proto.events == ["made", "lost"]
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio 3.10 lacks it for datagrams")
 def test_pause_and_resume_reading(loop):
     tr, proto = endpoint(loop, local_addr=("127.0.0.1", 0))
     assert tr.is_reading()

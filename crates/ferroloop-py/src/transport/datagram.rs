@@ -850,7 +850,9 @@ impl DatagramCore {
                 let Some(item) = state.queue.pop_front() else {
                     break;
                 };
-                state.buffer_size -= item.data.bind(py).as_bytes().len() + this.header_size;
+                state.buffer_size = state
+                    .buffer_size
+                    .saturating_sub(item.data.bind(py).as_bytes().len() + this.header_size);
                 (item, sock)
             };
             let data = item.data.bind(py).clone().into_any();
