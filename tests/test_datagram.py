@@ -353,7 +353,7 @@ def test_stream_socket_is_refused(loop):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         with pytest.raises(ValueError) as info:
             create(loop, sock=sock)
-        if sys.version_info >= (3, 12):
+        if sys.version_info >= (3, 13):
             assert str(info.value) == f"A datagram socket was expected, got {sock!r}"
         else:
             assert str(info.value) == f"A UDP Socket was expected, got {sock!r}"

@@ -216,7 +216,7 @@ def _set_reuseport(sock):
 
 
 def _check_sock_type(sock):
-    if sys.version_info >= (3, 12):
+    if sys.version_info >= (3, 13):
         if sock.type == socket.SOCK_STREAM:
             raise ValueError(f"A datagram socket was expected, got {sock!r}")
     elif sock.type != socket.SOCK_DGRAM:
