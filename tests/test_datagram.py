@@ -636,3 +636,17 @@ def test_protocol_can_be_switched(loop):
     loop.run_until_complete(second.lost)
     assert not first.lost.done()
     first.lost.cancel()
+
+
+def test_debug_mode_logs_the_new_endpoint(loop, caplog):
+    loop.set_debug(True)
+    with caplog.at_level("DEBUG", logger="asyncio"):
+        tr, proto = endpoint(loop, local_addr=("127.0.0.1", 0))
+        client_tr, _ = endpoint(loop, remote_addr=tr.get_extra_info("sockname"))
+    messages = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert any(
+        m.startswith("Datagram endpoint local_addr=('127.0.0.1', 0) remote_addr=None created: ")
+        for m in messages
+    )
+    assert any(m.startswith("Datagram endpoint remote_addr=") for m in messages)
+    close_all(loop, client_tr, tr)
