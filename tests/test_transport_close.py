@@ -463,3 +463,21 @@ def test_the_transport_closes_the_socket_object(stream_kit, how):
     # The socket object the transport was given is closed, not just its descriptor.
     assert a.fileno() == -1
     assert transport.get_extra_info("socket").fileno() == -1
+
+
+def test_abandoned_unclosed_transport_warns_and_closes_its_socket(loop):
+    import asyncio
+    import gc
+
+    from transport_support import make_transport
+
+    mine, peer = socket.socketpair()
+    mine.setblocking(False)
+    transport = make_transport(loop, mine, asyncio.Protocol())
+    run_once(loop)
+    transport.pause_reading()  # the loop no longer holds it
+    with pytest.warns(ResourceWarning, match="unclosed transport"):
+        del transport
+        gc.collect()
+    assert mine.fileno() == -1
+    peer.close()

@@ -22,6 +22,7 @@ use pyo3::exceptions::{
     PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
 };
 use pyo3::ffi;
+use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
@@ -931,6 +932,43 @@ impl StreamCore {
         };
         drop((sock, protocol, receiver, event_loop, server, owner));
         result.and(closed).and(detached)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(state) = self.state.try_borrow_in_gc() else {
+            return Ok(());
+        };
+        visit.call(&state.sock)?;
+        visit.call(&state.owner)?;
+        visit.call(&state.event_loop)?;
+        visit.call(&state.protocol)?;
+        visit.call(&state.server)?;
+        visit.call(&state.empty_waiter)?;
+        match &state.receiver {
+            Some(Receiver::Data(callback)) => visit.call(callback)?,
+            Some(Receiver::Buffered(get_buffer, updated)) => {
+                visit.call(get_buffer)?;
+                visit.call(updated)?;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Breaks the owner <-> core cycle of an abandoned transport. The socket stays, so
+    /// the owner's finalizer (which runs first) can warn and close it.
+    fn __clear__(&self) {
+        let released = self.state.try_borrow_in_gc().map(|mut state| {
+            (
+                state.owner.take(),
+                state.event_loop.take(),
+                state.protocol.take(),
+                state.receiver.take(),
+                state.server.take(),
+                state.empty_waiter.take(),
+            )
+        });
+        drop(released);
     }
 
     /// A future resolved once the write queue is empty (for `loop.sendfile`); write()
