@@ -91,7 +91,7 @@ def test() -> None:
     started = time.monotonic()
     build()
     lint()
-    run(["cargo", "test", "-p", "ferroloop-core"])
+    run(["cargo", "test", "-p", "ferroloop-core", "-p", "ferroloop-loadgen"])
     conformance()
     run([venv_python(), "-m", "pytest", "-q", "tests"])
     print(f"all checks passed in {time.monotonic() - started:.0f} s")

@@ -1,0 +1,424 @@
+//! `loadgen`: a closed-loop load generator for ferroloop's network benchmarks.
+//!
+//! Every connection keeps exactly one request in flight: it sends a request, waits for the
+//! complete reply, checks it, and sends the next one. Connections are spread over
+//! `--threads` threads, each with one level-triggered `ferroloop_core::poll::Poller`.
+//! After `--warmup` seconds, replies completed during the next `--duration` seconds are
+//! counted and their latencies recorded; the result is one JSON object on stdout.
+//!
+//! ```text
+//! loadgen --mode echo --addr 127.0.0.1:25000 -c 10 -s 1k -d 2 -w 0.5
+//! loadgen --mode echo --unix /tmp/echo.sock -c 1 -s 100k
+//! loadgen --mode http --addr 127.0.0.1:8080 -c 100 -s 1k --server-pid 1234
+//! ```
+//!
+//! Exit status: 0 for a clean run, 2 when there were errors or no replies were counted,
+//! 1 for bad arguments or when a connection could not be made.
+
+mod hist;
+mod http;
+mod payload;
+mod worker;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hist::Histogram;
+use worker::{Outcome, Stream};
+
+const USAGE: &str = "\
+usage: loadgen [--mode echo|http] (--addr HOST:PORT | --unix PATH) [options]
+
+  --mode echo|http     echo: send SIZE bytes, expect them back; http: GET /SIZE, expect a
+                       200 response with Content-Length SIZE (default echo)
+  --addr HOST:PORT     loopback TCP address of the server
+  --unix PATH          Unix stream socket of the server (echo or http)
+  -c, --connections N  connections, each with one request in flight (default 10)
+  -t, --threads N      client threads (default 1)
+  -s, --size N         message / body size: 1024, 1k, 10KiB, 1m ... (default 1k)
+  -d, --duration S     measured seconds (default 5)
+  -w, --warmup S       unmeasured seconds before (default 1)
+  --stall S            a reply outstanding this long is an error (default 5)
+  --server-pid PID     also report that process's CPU seconds over the measured window
+";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Echo,
+    Http,
+}
+
+#[derive(Clone, Debug)]
+pub enum Target {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Tcp(addr) => write!(f, "{addr}"),
+            Target::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Everything a worker thread needs to know about the run.
+pub struct Config {
+    pub mode: Mode,
+    pub size: usize,
+    pub stall: Duration,
+    /// Replies completed in `[window_start, window_end)` are counted.
+    pub window_start: Instant,
+    pub window_end: Instant,
+}
+
+struct Options {
+    mode: Mode,
+    target: Option<Target>,
+    connections: usize,
+    threads: usize,
+    size: usize,
+    duration: f64,
+    warmup: f64,
+    stall: f64,
+    server_pid: Option<u32>,
+}
+
+/// Parses `1024`, `1k`, `10KiB`, `1m`, `2MiB` (binary multiples).
+fn parse_size(text: &str) -> Result<usize, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let digits_end = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(digits_end);
+    let number: usize = number.parse().map_err(|_| format!("bad size {text:?}"))?;
+    let multiplier = match unit {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        _ => return Err(format!("bad size unit in {text:?}")),
+    };
+    match number.checked_mul(multiplier) {
+        Some(size) if size > 0 && size <= 64 * 1024 * 1024 => Ok(size),
+        _ => Err(format!("size {text:?} must be 1 byte .. 64 MiB")),
+    }
+}
+
+fn parse_seconds(name: &str, text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && (0.0..=3600.0).contains(&s) => Ok(s),
+        _ => Err(format!("{name}: bad number of seconds {text:?}")),
+    }
+}
+
+fn parse_count(name: &str, text: &str, max: usize) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("{name}: expected 1..={max}, got {text:?}")),
+    }
+}
+
+/// Resolves `HOST:PORT` and insists on a loopback address: this tool is for benchmarks on
+/// one machine and must not load anything else.
+fn loopback_addr(text: &str) -> Result<SocketAddr, String> {
+    let addrs = text
+        .to_socket_addrs()
+        .map_err(|e| format!("--addr {text}: {e}"))?;
+    let mut first = None;
+    for addr in addrs {
+        if addr.ip().is_loopback() {
+            return Ok(addr);
+        }
+        first.get_or_insert(addr);
+    }
+    Err(match first {
+        Some(addr) => format!("--addr {text}: {addr} is not a loopback address"),
+        None => format!("--addr {text}: no address"),
+    })
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
+    let mut options = Options {
+        mode: Mode::Echo,
+        target: None,
+        connections: 10,
+        threads: 1,
+        size: 1024,
+        duration: 5.0,
+        warmup: 1.0,
+        stall: 5.0,
+        server_pid: None,
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => {
+                (name.to_owned(), Some(value.to_owned()))
+            }
+            _ => (arg, None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match name.as_str() {
+            "--mode" => {
+                options.mode = match value()?.as_str() {
+                    "echo" => Mode::Echo,
+                    "http" => Mode::Http,
+                    other => return Err(format!("--mode: echo or http, not {other:?}")),
+                }
+            }
+            "--addr" => options.target = Some(Target::Tcp(loopback_addr(&value()?)?)),
+            "--unix" => options.target = Some(Target::Unix(PathBuf::from(value()?))),
+            "-c" | "--connections" => options.connections = parse_count(&name, &value()?, 10_000)?,
+            "-t" | "--threads" => options.threads = parse_count(&name, &value()?, 256)?,
+            "-s" | "--size" => options.size = parse_size(&value()?)?,
+            "-d" | "--duration" => options.duration = parse_seconds(&name, &value()?)?,
+            "-w" | "--warmup" => options.warmup = parse_seconds(&name, &value()?)?,
+            "--stall" => options.stall = parse_seconds(&name, &value()?)?,
+            "--server-pid" => {
+                let text = value()?;
+                let pid = text
+                    .parse::<u32>()
+                    .map_err(|_| format!("--server-pid: bad pid {text:?}"))?;
+                options.server_pid = Some(pid);
+            }
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    if options.target.is_none() {
+        return Err(format!("--addr or --unix is required\n{USAGE}"));
+    }
+    if options.duration <= 0.0 {
+        return Err("--duration must be above 0".into());
+    }
+    if options.stall <= 0.0 {
+        return Err("--stall must be above 0".into());
+    }
+    options.threads = options.threads.min(options.connections);
+    Ok(options)
+}
+
+/// CPU seconds (user + system) of process `pid` so far, from `/proc/PID/stat`.
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: fields start after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Field 14 (utime) and 15 (stime) of proc(5); `rest` starts at field 3.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks <= 0 {
+        return None;
+    }
+    Some((utime + stime) as f64 / ticks as f64)
+}
+
+/// CPU seconds (user + system) used by this process so far.
+fn own_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct we pass; zeroed is a valid initial value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let seconds = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+fn sleep_until(deadline: Instant) {
+    let now = Instant::now();
+    if deadline > now {
+        std::thread::sleep(deadline - now);
+    }
+}
+
+/// Quotes a string for JSON.
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_number(value: f64) -> String {
+    if value.is_finite() {
+        format!("{value:.3}")
+    } else {
+        "null".into()
+    }
+}
+
+fn fatal(target: &str, message: &str) -> ExitCode {
+    eprintln!("loadgen: {message}");
+    println!(
+        "{{\"ok\": false, \"target\": {}, \"fatal\": {}}}",
+        json_string(target),
+        json_string(message)
+    );
+    ExitCode::from(1)
+}
+
+fn main() -> ExitCode {
+    let options = match parse_args(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(1);
+        }
+    };
+    let target = options.target.clone().expect("checked by parse_args");
+    let target_text = target.to_string();
+
+    // Connect everything first, so connection set-up is neither measured nor warm-up.
+    let mut per_thread: Vec<Vec<(u32, Stream)>> = (0..options.threads).map(|_| vec![]).collect();
+    for id in 0..options.connections {
+        match Stream::connect(&target) {
+            Ok(stream) => per_thread[id % options.threads].push((id as u32, stream)),
+            Err(e) => return fatal(&target_text, &format!("connect {target_text}: {e}")),
+        }
+    }
+
+    let start = Instant::now();
+    let window_start = start + Duration::from_secs_f64(options.warmup);
+    let window_end = window_start + Duration::from_secs_f64(options.duration);
+    let config = Arc::new(Config {
+        mode: options.mode,
+        size: options.size,
+        stall: Duration::from_secs_f64(options.stall),
+        window_start,
+        window_end,
+    });
+    let pattern = Arc::new(payload::Pattern::new(options.size));
+    let mut handles = Vec::new();
+    for (index, conns) in per_thread.into_iter().enumerate() {
+        let config = Arc::clone(&config);
+        let pattern = Arc::clone(&pattern);
+        let handle = std::thread::Builder::new()
+            .name(format!("loadgen-{index}"))
+            .spawn(move || worker::run(&config, &pattern, conns));
+        match handle {
+            Ok(handle) => handles.push(handle),
+            Err(e) => return fatal(&target_text, &format!("spawn thread: {e}")),
+        }
+    }
+
+    sleep_until(window_start);
+    let client_cpu_before = own_cpu_seconds();
+    let server_cpu_before = options.server_pid.and_then(process_cpu_seconds);
+    sleep_until(window_end);
+    let client_cpu_after = own_cpu_seconds();
+    let server_cpu_after = options.server_pid.and_then(process_cpu_seconds);
+
+    let mut total = Outcome::default();
+    for handle in handles {
+        match handle.join() {
+            Ok(outcome) => total.merge(outcome),
+            Err(_) => {
+                total.errors += 1;
+                total.samples.push("worker thread panicked".into());
+            }
+        }
+    }
+
+    let seconds = options.duration;
+    let latency: &Histogram = &total.latency;
+    let us = |ns: f64| ns / 1000.0;
+    let server_cpu = match (server_cpu_before, server_cpu_after) {
+        (Some(before), Some(after)) => json_number(after - before),
+        _ => "null".into(),
+    };
+    let samples: Vec<String> = total.samples.iter().map(|s| json_string(s)).collect();
+    let ok = total.errors == 0 && total.requests > 0;
+    println!(
+        concat!(
+            "{{\"ok\": {}, \"mode\": {}, \"target\": {}, \"connections\": {}, \"threads\": {}, ",
+            "\"size\": {}, \"warmup_s\": {}, \"duration_s\": {}, \"requests\": {}, ",
+            "\"rps\": {}, \"mib_s\": {}, \"latency_us\": {{\"mean\": {}, \"p50\": {}, ",
+            "\"p90\": {}, \"p99\": {}, \"p999\": {}, \"max\": {}}}, \"errors\": {}, ",
+            "\"error_samples\": [{}], \"client_cpu_s\": {}, \"server_cpu_s\": {}}}"
+        ),
+        ok,
+        json_string(match options.mode {
+            Mode::Echo => "echo",
+            Mode::Http => "http",
+        }),
+        json_string(&target_text),
+        options.connections,
+        options.threads,
+        options.size,
+        json_number(options.warmup),
+        json_number(seconds),
+        total.requests,
+        json_number(total.requests as f64 / seconds),
+        json_number(total.bytes as f64 / seconds / (1024.0 * 1024.0)),
+        json_number(us(latency.mean())),
+        json_number(us(latency.percentile(0.50))),
+        json_number(us(latency.percentile(0.90))),
+        json_number(us(latency.percentile(0.99))),
+        json_number(us(latency.percentile(0.999))),
+        json_number(us(latency.max() as f64)),
+        total.errors,
+        samples.join(", "),
+        json_number(client_cpu_after - client_cpu_before),
+        server_cpu,
+    );
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(text: &str) -> Vec<String> {
+        text.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn sizes_and_arguments() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("10k"), Ok(10 * 1024));
+        assert_eq!(parse_size("100KiB"), Ok(100 * 1024));
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1q").is_err());
+
+        let options = parse_args(args("--mode=http --addr 127.0.0.1:9 -c 3 -t 8 -s 2k")).unwrap();
+        assert_eq!(options.mode, Mode::Http);
+        assert_eq!(options.threads, 3, "never more threads than connections");
+        assert_eq!(options.size, 2048);
+        assert!(parse_args(args("-c 3")).is_err(), "a target is required");
+        assert!(
+            parse_args(args("--addr 10.1.2.3:80")).is_err(),
+            "loopback only"
+        );
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
+    }
+}

@@ -1,0 +1,691 @@
+"""Network benchmarks: asyncio, uvloop, ferroloop and a pure-Rust ceiling, alternately.
+
+    python bench/net/run_net.py [--quick] [--markdown] [--reps N] [--duration S]
+        [--filter 'proto 1KiB,http'] [--loops asyncio,uvloop,ferroloop] [--json-out FILE]
+
+Builds the load generator (``bench/loadgen``) and the Rust echo server (the
+``ferroloop-core`` example) with cargo, starts one server process per loop (``servers.py``)
+and drives them one after the other with the same load, rotating the order each
+repetition. Servers run pinned to the first CPU and the load generator to the second when
+two or more CPUs are available. Every server this script starts runs in its own process
+group and is killed on the way out. Only loopback addresses are used.
+
+For every scenario it reports the median requests/s over the repetitions with the ratio to
+uvloop, and the server's CPU time per 1000 responses (from /proc/PID/stat, over the
+measured window only) with the ratio to the Rust ceiling. See bench/net/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime
+import json
+import os
+import platform
+import resource
+import selectors
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+SERVERS = HERE / "servers.py"
+RUST = "rust"
+ECHO_KINDS = ["proto", "bufproto", "streams", "sockets"]
+SIZES = {"1KiB": 1024, "10KiB": 10 * 1024, "100KiB": 100 * 1024}
+CONCURRENCY = [1, 10, 100]
+START_TIMEOUT = 60.0
+
+
+@dataclass
+class Scenario:
+    kind: str  # an echo kind, or "http"
+    size_name: str
+    conns: int
+
+    @property
+    def size(self) -> int:
+        return SIZES[self.size_name]
+
+    @property
+    def mode(self) -> str:
+        return "http" if self.kind == "http" else "echo"
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind} {self.size_name} c{self.conns}"
+
+
+def all_scenarios(quick: bool) -> list[Scenario]:
+    if quick:
+        return [
+            Scenario("proto", "1KiB", 1),
+            Scenario("proto", "1KiB", 10),
+            Scenario("proto", "1KiB", 100),
+            Scenario("proto", "100KiB", 10),
+            Scenario("bufproto", "1KiB", 10),
+            Scenario("streams", "1KiB", 10),
+            Scenario("sockets", "1KiB", 10),
+            Scenario("http", "1KiB", 10),
+            Scenario("http", "1KiB", 100),
+        ]
+    out = [
+        Scenario(kind, size, conns)
+        for kind in ECHO_KINDS
+        for size in SIZES
+        for conns in CONCURRENCY
+    ]
+    out += [Scenario("http", "1KiB", conns) for conns in CONCURRENCY]
+    return out
+
+
+@dataclass
+class Cell:
+    runs: list[dict] = field(default_factory=list)
+    fail: str | None = None
+
+    def median(self, key: str) -> float | None:
+        values = [r[key] for r in self.runs if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    def spread(self) -> float | None:
+        values = [r["rps"] for r in self.runs]
+        if len(values) < 2 or not statistics.median(values):
+            return None
+        return (max(values) - min(values)) / statistics.median(values)
+
+
+# -- processes ---------------------------------------------------------------------------
+
+_live: list[subprocess.Popen] = []
+
+
+def kill_group(proc: subprocess.Popen, grace: float = 2.0) -> None:
+    """Ends a process started with start_new_session=True, and everything in its group."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # leftovers in the group, if any
+    except (ProcessLookupError, PermissionError):
+        pass
+    if proc.poll() is None:
+        proc.wait(grace)
+    if proc in _live:
+        _live.remove(proc)
+
+
+def kill_all() -> None:
+    for proc in list(_live):
+        kill_group(proc, grace=1.0)
+
+
+def pinner(cpu: int | None):
+    if cpu is None:
+        return None
+
+    def pin() -> None:
+        os.sched_setaffinity(0, {cpu})
+
+    return pin
+
+
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy since boot (for the noise estimate)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Server:
+    """One server process: a Python loop running servers.py, or the Rust echo server."""
+
+    def __init__(self, loop: str, kind: str, args: argparse.Namespace, cpu: int | None):
+        self.loop = loop
+        self.kind = kind
+        self.args = args
+        self.cpu = cpu
+        self.proc: subprocess.Popen | None = None
+        self.addr: str | None = None
+        self.error: str | None = None
+        self.stderr = tempfile.TemporaryFile(mode="a+b")  # O_APPEND: reads do not move writes
+
+    def command(self) -> list[str]:
+        if self.loop == RUST:
+            return [str(self.args.echo_server), "--addr", "127.0.0.1:0"]
+        spec = self.args.loop_specs[self.loop]
+        cmd = [self.args.python, str(SERVERS), "--loop", spec, "--kind", self.kind]
+        cmd += ["--addr", "127.0.0.1:0"]
+        if self.kind == "http" and self.args.httptools:
+            cmd += ["--parser", "httptools"]
+        return cmd
+
+    def start(self) -> bool:
+        self.stderr.seek(0)
+        self.stderr.truncate()
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            start_new_session=True,
+            preexec_fn=pinner(self.cpu),
+            cwd=ROOT,
+        )
+        _live.append(self.proc)
+        line = self._read_line(START_TIMEOUT)
+        if line is not None:
+            words = line.split()
+            if self.loop == RUST and line.startswith("listening on "):
+                self.addr = words[2]
+            elif self.loop != RUST and words[:1] == ["ready"]:
+                self.addr = words[1]
+        if self.addr is None:
+            reason = self.stderr_tail() or (line or "").strip()
+            if self.proc.poll() is None and not reason:
+                reason = f"not ready after {START_TIMEOUT:.0f} s"
+            self.error = f"server did not start: {reason or 'exited'}"
+            self.stop()
+            return False
+        self.error = None
+        return True
+
+    def _read_line(self, timeout: float) -> str | None:
+        assert self.proc is not None and self.proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout):
+                return None
+        line = self.proc.stdout.readline()
+        return line.decode(errors="replace") if line else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stderr_mark(self) -> int:
+        self.stderr.seek(0, os.SEEK_END)
+        return self.stderr.tell()
+
+    def stderr_tail(self, lines: int = 3, since: int = 0) -> str:
+        self.stderr.seek(since)
+        text = self.stderr.read().decode(errors="replace").strip().splitlines()
+        errors = [t for t in text if t.startswith("error:")]
+        keep = errors[-1:] if errors else list(dict.fromkeys(t.strip() for t in text))[-lines:]
+        return " | ".join(keep)[:300]
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+            self.proc = None
+
+
+# -- one measurement ---------------------------------------------------------------------
+
+
+def client_cpu(sc: Scenario, args: argparse.Namespace) -> int | None:
+    """Where the load generator runs: see --placement."""
+    if args.placement == "colocate" or (args.placement == "auto" and sc.conns == 1):
+        return args.server_cpu
+    return args.client_cpu
+
+
+def run_load(server: Server, sc: Scenario, args: argparse.Namespace) -> dict:
+    """Runs the load generator once against a ready server; returns its result."""
+    assert server.proc is not None and server.addr is not None
+    stall = max(1.0, 0.5 * (args.warmup + args.duration))
+    cmd = [
+        str(args.loadgen),
+        "--mode",
+        sc.mode,
+        "--addr",
+        server.addr,
+        "-c",
+        str(sc.conns),
+        "-s",
+        str(sc.size),
+        "-d",
+        str(args.duration),
+        "-w",
+        str(args.warmup),
+        "--stall",
+        str(stall),
+        "--server-pid",
+        str(server.proc.pid),
+    ]
+    timeout = args.warmup + args.duration + stall + 30
+    busy0, srv0, kids0, t0 = (
+        busy_seconds(),
+        cpu_seconds(server.proc.pid),
+        children_cpu(),
+        time.time(),
+    )
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=pinner(client_cpu(sc, args)),
+    )
+    _live.append(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        return {"ok": False, "reason": f"load generator timed out after {timeout:.0f} s"}
+    except BaseException:
+        kill_group(proc, grace=0.5)
+        raise
+    if proc in _live:
+        _live.remove(proc)
+    elapsed = time.time() - t0
+    srv1 = cpu_seconds(server.proc.pid)
+    ours = (children_cpu() - kids0) + ((srv1 or 0) - (srv0 or 0))
+    noise = max(0.0, (busy_seconds() - busy0 - ours) / elapsed) if elapsed > 0 else 0.0
+    try:
+        result = json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        reason = err.decode(errors="replace").strip()[-300:] or f"exit status {proc.returncode}"
+        return {"ok": False, "reason": f"load generator: {reason}"}
+    result["noise_cores"] = round(noise, 3)
+    if not result.get("ok"):
+        samples = result.get("error_samples") or []
+        if result.get("fatal"):
+            reason = result["fatal"]
+        elif samples:
+            reason = f"{result.get('errors')} error(s), first: {samples[0]}"
+        else:
+            reason = "no replies in the measured window (server hung?)"
+        result["reason"] = reason
+        return result
+    if result.get("client_cpu_s") is not None and result.get("duration_s"):
+        result["client_busy"] = result["client_cpu_s"] / result["duration_s"]
+    if result.get("server_cpu_s") is not None and result["requests"]:
+        result["cpu_ms_per_1k"] = result["server_cpu_s"] / result["requests"] * 1e6
+    else:
+        result["cpu_ms_per_1k"] = None
+    return result
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+def build(args: argparse.Namespace) -> None:
+    meta = subprocess.run(
+        ["cargo", "metadata", "--no-deps", "--format-version", "1"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    target = Path(json.loads(meta.stdout)["target_directory"]) / "release"
+    args.loadgen = target / "loadgen"
+    args.echo_server = target / "examples" / "echo_server"
+    if args.no_build:
+        return
+    for cmd in (
+        ["cargo", "build", "--release", "-q", "-p", "ferroloop-loadgen"],
+        ["cargo", "build", "--release", "-q", "-p", "ferroloop-core", "--example", "echo_server"],
+    ):
+        log(f"$ {shlex.join(cmd)}")
+        subprocess.run(cmd, cwd=ROOT, check=True, timeout=900)
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def measure(server: Server, sc: Scenario, args: argparse.Namespace) -> dict:
+    """One repetition, retried when other processes disturbed it too much."""
+    best = None
+    for _attempt in range(args.retries + 1):
+        result = run_load(server, sc, args)
+        if not result.get("ok"):
+            return result
+        if best is None or result["noise_cores"] < best["noise_cores"]:
+            best = result
+        if result["noise_cores"] <= args.noise_limit:
+            break
+    assert best is not None
+    return best
+
+
+def run_kind(
+    kind: str,
+    scenarios: list[Scenario],
+    loops: list[str],
+    rust: Server | None,
+    args: argparse.Namespace,
+    cells: dict[tuple[str, str], Cell],
+) -> None:
+    servers: dict[str, Server] = {}
+    try:
+        for loop in loops:
+            server = Server(loop, kind, args, args.server_cpu)
+            servers[loop] = server
+            if not server.start():
+                log(f"  {loop} {kind}: {server.error}")
+        if rust is not None and kind != "http":
+            servers[RUST] = rust
+        columns = [c for c in args.columns if c in servers]
+        for sc in scenarios:
+            for rep in range(args.reps):
+                shift = rep % len(columns)
+                for loop in columns[shift:] + columns[:shift]:
+                    cell = cells.setdefault((sc.name, loop), Cell())
+                    server = servers[loop]
+                    if cell.fail is not None:
+                        continue
+                    if not server.alive() and not server.start():
+                        cell.fail = server.error
+                        continue
+                    mark = server.stderr_mark()
+                    result = measure(server, sc, args)
+                    result.update(loop=loop, scenario=sc.name, rep=rep)
+                    args.raw.append(result)
+                    if result.get("ok"):
+                        cell.runs.append(result)
+                        log(
+                            f"  {sc.name:<22} {loop:<10} {result['rps']:>10.0f} req/s"
+                            f"  p99 {result['latency_us']['p99']:>8.0f} us"
+                            f"  noise {result['noise_cores']:.2f}"
+                        )
+                        continue
+                    reason = result.get("reason", "failed")
+                    said = server.stderr_tail(since=mark)
+                    if not server.alive():
+                        reason += f"; server exited ({said or 'no message'})"
+                    elif said:
+                        reason += f"; server said: {said}"
+                    cell.fail = reason
+                    log(f"  {sc.name:<22} {loop:<10} FAIL {reason}")
+                    server.stop()  # a fresh server for the next scenario
+    finally:
+        for loop, server in servers.items():
+            if loop != RUST:
+                server.stop()
+
+
+def fmt_rate(value: float) -> str:
+    if value >= 100_000:
+        return f"{value / 1000:.0f}k"
+    if value >= 1000:
+        return f"{value / 1000:.1f}k"
+    return f"{value:.0f}"
+
+
+def render(
+    scenarios: list[Scenario],
+    cells: dict[tuple[str, str], Cell],
+    args: argparse.Namespace,
+    markdown: bool,
+) -> str:
+    columns = args.columns
+    ref = args.ref
+    lines: list[str] = []
+    failures: list[tuple[str, str, str]] = []
+
+    def table(title: str, header: list[str], rows: list[list[str]]) -> None:
+        lines.append(title)
+        lines.append("")
+        if markdown:
+            lines.append("| " + " | ".join(header) + " |")
+            lines.append("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
+            for row in rows:
+                lines.append("| " + " | ".join(row) + " |")
+        else:
+            widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+            for row in [header, *rows]:
+                cells_ = [row[0].ljust(widths[0])]
+                cells_ += [v.rjust(w) for v, w in zip(row[1:], widths[1:], strict=True)]
+                lines.append("  ".join(cells_))
+        lines.append("")
+
+    rps_rows, cpu_rows = [], []
+    for sc in scenarios:
+        rps_row, cpu_row = [sc.name], [sc.name]
+        ref_rps = cells.get((sc.name, ref), Cell()).median("rps")
+        rust_cpu = cells.get((sc.name, RUST), Cell()).median("cpu_ms_per_1k")
+        spreads = []
+        for loop in columns:
+            cell = cells.get((sc.name, loop))
+            if cell is None or (loop == RUST and sc.kind == "http"):
+                rps_row.append("n/a")
+                cpu_row.append("n/a")
+                continue
+            if cell.fail is not None:
+                rps_row.append("fail")
+                cpu_row.append("fail")
+                failures.append((loop, sc.name, cell.fail))
+                continue
+            rps = cell.median("rps")
+            cpu = cell.median("cpu_ms_per_1k")
+            if rps is None:
+                rps_row.append("-")
+                cpu_row.append("-")
+                continue
+            spread = cell.spread()
+            if spread is not None:
+                spreads.append(spread)
+            ratio = f" ({rps / ref_rps:.2f})" if ref_rps else ""
+            busy = cell.median("client_busy")
+            mark = "!" if busy is not None and busy >= 0.9 else ""
+            rps_row.append(fmt_rate(rps) + ratio + mark)
+            if cpu is None:
+                cpu_row.append("-")
+            else:
+                ratio = f" ({cpu / rust_cpu:.1f}x)" if rust_cpu else ""
+                cpu_row.append(f"{cpu:.1f}{ratio}")
+        rps_row.append(f"{max(spreads) * 100:.0f}%" if spreads else "")
+        rps_rows.append(rps_row)
+        cpu_rows.append(cpu_row)
+
+    table(
+        f"Requests/s, median of {args.reps} (ratio to {ref});"
+        " spread = (max-min)/median of the worst loop",
+        ["scenario", *columns, "spread"],
+        rps_rows,
+    )
+    lines.append(
+        "! = the load generator used 90% or more of its CPU: the client may be the limit, so"
+        " the server can do at least this much."
+    )
+    lines.append("")
+    table(
+        "Server CPU ms per 1000 responses, median (ratio to the Rust ceiling); lower is better",
+        ["scenario", *columns],
+        cpu_rows,
+    )
+    if failures:
+        lines.append("Failures:")
+        lines.append("")
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for loop, name, reason in failures:
+            grouped.setdefault((loop, reason), []).append(name)
+        for (loop, reason), names in grouped.items():
+            lines.append(f"- {loop} in {', '.join(names)}: {reason}")
+        lines.append("")
+    noise = [r["noise_cores"] for r in args.raw if "noise_cores" in r]
+    if noise:
+        lines.append(
+            f"Other processes' CPU use during kept runs: median {statistics.median(noise):.2f}"
+            f" cores, max {max(noise):.2f}."
+        )
+    return "\n".join(lines)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--loops",
+        default="asyncio,uvloop,ferroloop",
+        help="comma-separated: asyncio, uvloop, ferroloop or NAME=MODULE:FACTORY",
+    )
+    p.add_argument("--ref", default="uvloop", help="loop the req/s ratios refer to")
+    p.add_argument("--no-rust", action="store_true", help="skip the Rust ceiling server")
+    p.add_argument("--quick", action="store_true", help="a subset of scenarios, 3 reps, 1 s")
+    p.add_argument("--reps", type=int, help="repetitions per scenario and loop (5; quick 3)")
+    p.add_argument("--duration", type=float, help="measured seconds per run (2; quick 1)")
+    p.add_argument("--warmup", type=float, help="warm-up seconds per run (0.5; quick 0.3)")
+    p.add_argument("--filter", default="", help="only scenarios whose name contains A or B: 'A,B'")
+    p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+    p.add_argument("--json-out", type=Path, help="write every run's raw result here")
+    p.add_argument("--python", help="interpreter for the servers (default: .venv, else this one)")
+    p.add_argument("--httptools", action="store_true", help="HTTP server parses with httptools")
+    p.add_argument("--no-pin", action="store_true", help="do not pin server and client to CPUs")
+    p.add_argument(
+        "--placement",
+        choices=["auto", "split", "colocate"],
+        default="auto",
+        help="split: server on the 1st CPU, load generator on the 2nd; colocate: both on the"
+        " 1st; auto (default): split, except c1 scenarios, which colocate",
+    )
+    p.add_argument("--no-build", action="store_true", help="use the already built binaries")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="re-run a measurement disturbed by other processes up to N times",
+    )
+    p.add_argument(
+        "--noise-limit",
+        type=float,
+        default=0.3,
+        help="other processes' CPU use (in cores) above which a run is retried",
+    )
+    args = p.parse_args()
+    args.reps = args.reps or (3 if args.quick else 5)
+    args.duration = args.duration or (1.0 if args.quick else 2.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 0.5)
+    if args.reps < 1 or args.duration <= 0 or args.duration > 600 or args.warmup < 0:
+        p.error("--reps must be >= 1 and --duration in (0, 600]")
+    venv = ROOT / ".venv" / "bin" / "python"
+    args.python = args.python or (str(venv) if venv.exists() else sys.executable)
+    args.loop_specs = {}
+    for item in filter(None, (s.strip() for s in args.loops.split(","))):
+        name, sep, spec = item.partition("=")
+        args.loop_specs[name] = spec if sep else name
+    args.columns = ([] if args.no_rust else [RUST]) + list(args.loop_specs)
+    if args.ref not in args.loop_specs:
+        args.ref = next(iter(args.loop_specs), RUST)
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2 and not args.no_pin:
+        args.server_cpu, args.client_cpu = cpus[0], cpus[1]
+    else:
+        args.server_cpu = args.client_cpu = None
+    args.raw = []
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    atexit.register(kill_all)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: sys.exit(130))
+    scenarios = all_scenarios(args.quick)
+    if args.filter:
+        wanted = [w.strip() for w in args.filter.split(",") if w.strip()]
+        scenarios = [s for s in scenarios if any(w in s.name for w in wanted)]
+    if not scenarios:
+        log("no scenario matches --filter")
+        return 1
+    build(args)
+    version = subprocess.run(
+        [args.python, "-c", "import sys; print(sys.version.split()[0])"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    started = datetime.datetime.now(datetime.timezone.utc)
+    log(
+        f"{len(scenarios)} scenarios x {len(args.columns)} servers x {args.reps} reps,"
+        f" {args.warmup}+{args.duration} s each; server CPU {args.server_cpu},"
+        f" client CPU {args.client_cpu} (placement {args.placement}); Python {version}"
+    )
+    cells: dict[tuple[str, str], Cell] = {}
+    rust = None
+    interrupted = False
+    try:
+        if not args.no_rust and any(s.kind != "http" for s in scenarios):
+            rust = Server(RUST, "echo", args, args.server_cpu)
+            if not rust.start():
+                log(f"  rust: {rust.error}")
+        kinds = list(dict.fromkeys(s.kind for s in scenarios))
+        for kind in kinds:
+            log(f"== {kind}")
+            run_kind(
+                kind,
+                [s for s in scenarios if s.kind == kind],
+                list(args.loop_specs),
+                rust,
+                args,
+                cells,
+            )
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted: reporting what was measured")
+    finally:
+        if rust is not None:
+            rust.stop()
+        kill_all()
+
+    header = (
+        f"{started:%Y-%m-%d %H:%M} UTC, Python {version}, {platform.machine()},"
+        f" {os.cpu_count()} CPUs (server on CPU {args.server_cpu}, load generator on CPU"
+        f" {args.client_cpu}, placement {args.placement}); {args.reps} reps x {args.duration} s"
+        f" (+{args.warmup} s warm-up)"
+    )
+    print(header)
+    print()
+    print(render(scenarios, cells, args, args.markdown))
+    if args.json_out:
+        payload = {
+            "started": started.isoformat(),
+            "python": version,
+            "cpus": os.cpu_count(),
+            "server_cpu": args.server_cpu,
+            "client_cpu": args.client_cpu,
+            "loops": args.loop_specs,
+            "reps": args.reps,
+            "duration": args.duration,
+            "warmup": args.warmup,
+            "runs": args.raw,
+            "failures": {f"{loop} / {name}": c.fail for (name, loop), c in cells.items() if c.fail},
+        }
+        args.json_out.write_text(json.dumps(payload, indent=1) + "\n")
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
