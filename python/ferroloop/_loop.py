@@ -16,6 +16,7 @@ from ._datagram import DatagramMixin
 from ._dns import DnsMixin
 from ._errors import ErrorsMixin
 from ._executor import ExecutorMixin
+from ._pipes import PipesMixin
 from ._running import RunningMixin
 from ._sendfile import SendfileMixin
 from ._signals import SignalsMixin
@@ -53,6 +54,7 @@ class Loop(
     TlsMixin,
     SocketsMixin,
     DatagramMixin,
+    PipesMixin,
     asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop whose engine is Rust. Create it with `new_event_loop()`."""

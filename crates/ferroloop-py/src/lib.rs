@@ -33,6 +33,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transport::datagram::DatagramCore>()?;
     m.add_class::<transport::stream::StreamCore>()?;
     m.add_class::<sock_ops::SockOp>()?;
+    m.add_class::<transport::pipe::ReadPipeCore>()?;
+    m.add_class::<transport::pipe::WritePipeCore>()?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     Ok(())
 }

@@ -41,7 +41,7 @@ const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 thread_local! {
     /// One read buffer per loop thread: reads never nest, and the bytes are copied out
     /// (only as many as arrived) before any Python code runs.
-    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ_SIZE]);
+    pub(crate) static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ_SIZE]);
 }
 
 /// How incoming bytes reach the protocol.
@@ -105,7 +105,8 @@ fn receiver_for(protocol: &Bound<'_, PyAny>) -> PyResult<Receiver> {
     }
 }
 
-fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+/// True for `KeyboardInterrupt` and `SystemExit`, which always propagate.
+pub(crate) fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
 }
 

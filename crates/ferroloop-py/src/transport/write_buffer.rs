@@ -2,7 +2,8 @@
 //!
 //! Immutable `bytes` are kept by reference (no copy); mutable buffers (`bytearray`,
 //! `memoryview`) are copied, so mutating them after `write()` cannot change what is sent.
-//! Flushing gathers up to [`MAX_IOVECS`] chunks into one `sendmsg` (scatter/gather I/O).
+//! Flushing gathers up to [`MAX_IOVECS`] chunks into one `sendmsg` (scatter/gather I/O)
+//! for sockets, or one `writev` for pipes ([`WriteBuffer::flush_pipe`]).
 
 use std::collections::VecDeque;
 use std::io;
@@ -65,6 +66,30 @@ impl WriteBuffer {
         }
     }
 
+    /// Queues a `bytes` object of `total` bytes whose first `already_sent` bytes were
+    /// written, without copying it. Only an empty queue can start mid-chunk; otherwise
+    /// the unsent tail is copied.
+    pub fn push_shared_tail(
+        &mut self,
+        py: Python<'_>,
+        data: Py<PyBytes>,
+        total: usize,
+        already_sent: usize,
+    ) {
+        if already_sent >= total {
+            return;
+        }
+        if self.chunks.is_empty() {
+            self.front_sent = already_sent;
+            self.chunks.push_back(Chunk::Shared(data));
+            self.len += total - already_sent;
+        } else {
+            let tail = data.as_bytes(py)[already_sent..].to_vec();
+            self.len += tail.len();
+            self.chunks.push_back(Chunk::Owned(tail));
+        }
+    }
+
     /// Removes everything; returns the chunks so the caller drops them outside any borrow.
     pub fn take(&mut self) -> WriteBuffer {
         std::mem::take(self)
@@ -87,6 +112,44 @@ impl WriteBuffer {
         };
         self.consume(py, sent);
         Ok(sent)
+    }
+
+    /// Writes as much as the pipe takes with one `writev` (pipes, FIFOs, character
+    /// devices and sockets used as pipes). Returns the bytes written; `WouldBlock`/
+    /// `Interrupted` errors are for the caller to treat as "wrote nothing".
+    pub fn flush_pipe(&mut self, py: Python<'_>, fd: RawFd) -> io::Result<usize> {
+        let written = {
+            let iovecs: Vec<libc::iovec> = self
+                .chunks
+                .iter()
+                .take(MAX_IOVECS)
+                .enumerate()
+                .map(|(i, chunk)| {
+                    let bytes = chunk.bytes(py);
+                    let bytes = if i == 0 {
+                        &bytes[self.front_sent..]
+                    } else {
+                        bytes
+                    };
+                    libc::iovec {
+                        iov_base: bytes.as_ptr() as *mut libc::c_void,
+                        iov_len: bytes.len(),
+                    }
+                })
+                .collect();
+            if iovecs.is_empty() {
+                return Ok(0);
+            }
+            // SAFETY: every iovec points into a chunk owned by `self.chunks`, which is not
+            // modified until the call returns; the kernel only reads them.
+            let n = unsafe { libc::writev(fd, iovecs.as_ptr(), iovecs.len() as libc::c_int) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            n as usize
+        };
+        self.consume(py, written);
+        Ok(written)
     }
 
     fn consume(&mut self, py: Python<'_>, mut sent: usize) {
@@ -112,6 +175,18 @@ impl WriteBuffer {
 pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     // SAFETY: `data` is a valid slice for the duration of the call; the kernel only reads it.
     let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `write(fd, data)`: the pipe counterpart of [`send`]. A reader that went away yields
+/// `EPIPE` (CPython ignores SIGPIPE).
+pub fn write_fd(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is a valid slice for the duration of the call; the kernel only reads it.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {

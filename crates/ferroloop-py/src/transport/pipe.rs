@@ -1,0 +1,1248 @@
+//! `ReadPipeCore` and `WritePipeCore`: the state machines of the pipe transports.
+//!
+//! The Python classes `ferroloop._pipes.ReadPipeTransport` (an `asyncio.ReadTransport`)
+//! and `WritePipeTransport` (an `asyncio.WriteTransport`) delegate every method here, as
+//! the socket transport delegates to `StreamCore`. They serve `connect_read_pipe`,
+//! `connect_write_pipe` and the pipes of subprocesses.
+//!
+//! Semantics follow asyncio's `_UnixReadPipeTransport` and `_UnixWritePipeTransport`:
+//!
+//! * reading: `read(2)` of up to 256 KiB into the loop thread's buffer, one `bytes` to
+//!   `protocol.data_received`; end of file schedules `eof_received()` then
+//!   `connection_lost(None)`; a read error is fatal (`EIO`, what a pty reports when its
+//!   other side closes, is not reported to the exception handler) and ends with
+//!   `connection_lost(exc)`.
+//! * writing: `write(2)` at once when nothing is queued, the rest queued (`bytes` by
+//!   reference) and flushed with `writev` when the fd is writable; water marks drive
+//!   `pause_writing()`/`resume_writing()`; `write_eof()` and `close()` both close the pipe
+//!   once the queue is drained; writes after that are dropped (and counted, as asyncio
+//!   does). For sockets and FIFOs the fd is also watched for reading: that only happens
+//!   when the reader went away, which closes the transport (`BrokenPipeError` when data
+//!   was still queued). `EPIPE` from a write ends with `connection_lost(BrokenPipeError)`.
+//!
+//! The borrow rule of the loop applies: `state` is never borrowed across a call into
+//! Python, and Python objects are moved out of it before they are dropped.
+
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyTypeError, PyValueError};
+use pyo3::ffi;
+use pyo3::gc::{PyTraverseError, PyVisit};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString};
+
+use super::stream::{is_exit, READ_BUFFER};
+use super::write_buffer::{would_block, write_fd, WriteBuffer};
+use crate::errors::os_error;
+use crate::gil_cell::GilCell;
+
+/// Default high-water mark of the write queue, in bytes (asyncio's).
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+/// After this many writes on a closed pipe, each further write logs a warning.
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+/// The Python objects a pipe transport holds until `connection_lost`.
+#[derive(Default)]
+struct Attachments {
+    /// The pipe object (a file object or a socket); `None` once closed.
+    pipe: Option<Py<PyAny>>,
+    /// The `asyncio` transport users see; dropped at connection_lost, which breaks the
+    /// owner <-> core cycle.
+    owner: Option<Py<PyAny>>,
+    /// The loop; `None` after connection_lost.
+    event_loop: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+}
+
+impl Attachments {
+    fn new(pipe: Py<PyAny>, owner: Py<PyAny>, event_loop: Py<PyAny>, protocol: Py<PyAny>) -> Self {
+        Attachments {
+            pipe: Some(pipe),
+            owner: Some(owner),
+            event_loop: Some(event_loop),
+            protocol: Some(protocol),
+        }
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.pipe)?;
+        visit.call(&self.owner)?;
+        visit.call(&self.event_loop)?;
+        visit.call(&self.protocol)
+    }
+}
+
+fn clone_of(py: Python<'_>, obj: &Option<Py<PyAny>>) -> Option<Py<PyAny>> {
+    obj.as_ref().map(|o| o.clone_ref(py))
+}
+
+/// `logging.getLogger("asyncio")`.
+fn logger(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    py.import("logging")?
+        .call_method1("getLogger", ("asyncio",))
+}
+
+fn loop_debug(py: Python<'_>, event_loop: &Py<PyAny>) -> PyResult<bool> {
+    event_loop
+        .call_method0(py, intern!(py, "get_debug"))?
+        .is_truthy(py)
+}
+
+fn loop_closed(py: Python<'_>, event_loop: &Py<PyAny>) -> PyResult<bool> {
+    event_loop
+        .call_method0(py, intern!(py, "is_closed"))?
+        .is_truthy(py)
+}
+
+/// Logs `"<transport repr> was closed by peer"` in debug mode, as asyncio does.
+fn log_closed_by_peer(py: Python<'_>, event_loop: &Py<PyAny>, owner: Py<PyAny>) -> PyResult<()> {
+    if loop_debug(py, event_loop)? {
+        logger(py)?.call_method1("info", ("%r was closed by peer", owner))?;
+    }
+    Ok(())
+}
+
+/// `loop.call_exception_handler({...})` with the transport's context.
+fn report(
+    py: Python<'_>,
+    event_loop: &Py<PyAny>,
+    message: &str,
+    exc: &Py<PyAny>,
+    owner: Py<PyAny>,
+    protocol: Option<Py<PyAny>>,
+) -> PyResult<()> {
+    let context = PyDict::new(py);
+    context.set_item("message", message)?;
+    context.set_item("exception", exc)?;
+    context.set_item("transport", owner)?;
+    context.set_item("protocol", protocol)?;
+    event_loop.call_method1(py, intern!(py, "call_exception_handler"), (context,))?;
+    Ok(())
+}
+
+/// Closes the pipe object and drops everything the transport held.
+fn release(py: Python<'_>, attachments: Attachments) -> PyResult<()> {
+    let closed = match &attachments.pipe {
+        Some(pipe) => pipe.call_method0(py, intern!(py, "close")).map(drop),
+        None => Ok(()),
+    };
+    drop(attachments);
+    closed
+}
+
+/// The `repr` details asyncio shows: `closed`/`closing`, `fd=N`, then `polling`/`idle`
+/// while the loop is open, `open` once it is closed, `closed` after connection_lost.
+fn describe(
+    fd: RawFd,
+    open: bool,
+    closing: bool,
+    loop_open: bool,
+    watched: bool,
+    bufsize: Option<usize>,
+) -> String {
+    let mut info = Vec::new();
+    if !open {
+        info.push("closed".to_string());
+    } else if closing {
+        info.push("closing".to_string());
+    }
+    info.push(format!("fd={fd}"));
+    if open && loop_open {
+        info.push(if watched { "polling" } else { "idle" }.to_string());
+        if let Some(size) = bufsize {
+            info.push(format!("bufsize={size}"));
+        }
+    } else if open {
+        info.push("open".to_string());
+    } else {
+        info.push("closed".to_string());
+    }
+    info.join(" ")
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading
+// ---------------------------------------------------------------------------------------
+
+struct ReadPipeState {
+    attached: Attachments,
+    /// close(), end of file or a fatal error: no more reading.
+    closing: bool,
+    /// pause_reading() was called and resume_reading() not yet.
+    paused: bool,
+    /// The loop watches the fd for reading on our behalf.
+    watched: bool,
+    /// connection_lost is scheduled (or done).
+    lost: bool,
+}
+
+/// The Rust half of a read pipe transport (`ferroloop._pipes.ReadPipeTransport`).
+#[pyclass(module = "ferroloop._core", frozen)]
+pub struct ReadPipeCore {
+    fd: RawFd,
+    state: GilCell<ReadPipeState>,
+}
+
+impl ReadPipeCore {
+    fn loop_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        clone_of(py, &self.state.borrow_mut(py).attached.event_loop)
+    }
+
+    fn owner(&self, py: Python<'_>) -> Py<PyAny> {
+        clone_of(py, &self.state.borrow_mut(py).attached.owner).unwrap_or_else(|| py.None())
+    }
+
+    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        clone_of(py, &self.state.borrow_mut(py).attached.protocol)
+    }
+
+    fn add_reader(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if let Some(event_loop) = this.loop_obj(py) {
+            let callback = slf.getattr(intern!(py, "_read_ready"))?;
+            event_loop.call_method1(py, intern!(py, "_add_reader"), (this.fd, callback))?;
+            this.state.borrow_mut(py).watched = true;
+        }
+        Ok(())
+    }
+
+    fn remove_reader(&self, py: Python<'_>) -> PyResult<()> {
+        let was_watched = std::mem::replace(&mut self.state.borrow_mut(py).watched, false);
+        if was_watched {
+            if let Some(event_loop) = self.loop_obj(py) {
+                event_loop.call_method1(py, intern!(py, "_remove_reader"), (self.fd,))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_close(exc)`: stop reading and schedule connection_lost(exc).
+    fn close_with(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut state = this.state.borrow_mut(py);
+            state.closing = true;
+            if state.lost {
+                return Ok(());
+            }
+            state.lost = true;
+        }
+        this.remove_reader(py)?;
+        Self::schedule_connection_lost(slf, exc)
+    }
+
+    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(event_loop) = this.loop_obj(py) else {
+            return Ok(());
+        };
+        if loop_closed(py, &event_loop)? {
+            // Nothing can run on a closed loop: close the pipe, drop the protocol.
+            let attached = std::mem::take(&mut this.state.borrow_mut(py).attached);
+            return release(py, attached);
+        }
+        let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
+        event_loop.call_method1(py, intern!(py, "call_soon"), (callback, exc))?;
+        Ok(())
+    }
+
+    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if is_exit(py, &err) {
+            return Err(err);
+        }
+        let exc: Py<PyAny> = err.into_value(py).into_any();
+        let is_eio = {
+            let bound = exc.bind(py);
+            bound.is_instance_of::<PyOSError>()
+                && bound
+                    .getattr(intern!(py, "errno"))?
+                    .extract::<Option<i32>>()
+                    .unwrap_or(None)
+                    == Some(libc::EIO)
+        };
+        if let Some(event_loop) = this.loop_obj(py) {
+            if is_eio {
+                if loop_debug(py, &event_loop)? {
+                    let kwargs = PyDict::new(py);
+                    kwargs.set_item("exc_info", exc.clone_ref(py))?;
+                    logger(py)?.call_method(
+                        "debug",
+                        ("%r: %s", this.owner(py), message),
+                        Some(&kwargs),
+                    )?;
+                }
+            } else {
+                report(
+                    py,
+                    &event_loop,
+                    message,
+                    &exc,
+                    this.owner(py),
+                    this.protocol(py),
+                )?;
+            }
+        }
+        Self::close_with(slf, Some(exc))
+    }
+
+    fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(event_loop) = this.loop_obj(py) else {
+            return Ok(());
+        };
+        log_closed_by_peer(py, &event_loop, this.owner(py))?;
+        let protocol = {
+            let mut state = this.state.borrow_mut(py);
+            state.closing = true;
+            state.lost = true;
+            clone_of(py, &state.attached.protocol)
+        };
+        this.remove_reader(py)?;
+        if let Some(protocol) = protocol {
+            let eof_received = protocol.getattr(py, intern!(py, "eof_received"))?;
+            event_loop.call_method1(py, intern!(py, "call_soon"), (eof_received,))?;
+        }
+        let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
+        event_loop.call_method1(py, intern!(py, "call_soon"), (callback, py.None()))?;
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl ReadPipeCore {
+    /// `ReadPipeCore(loop, pipe, fd, protocol, owner)`; `fd` is non-blocking already.
+    #[new]
+    fn py_new(
+        event_loop: Py<PyAny>,
+        pipe: Py<PyAny>,
+        fd: RawFd,
+        protocol: Py<PyAny>,
+        owner: Py<PyAny>,
+    ) -> Self {
+        ReadPipeCore {
+            fd,
+            state: GilCell::new(ReadPipeState {
+                attached: Attachments::new(pipe, owner, event_loop, protocol),
+                closing: false,
+                paused: false,
+                watched: false,
+                lost: false,
+            }),
+        }
+    }
+
+    /// The pipe's fd.
+    #[getter]
+    fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// The pipe object, or None once closed.
+    #[getter]
+    fn pipe(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        clone_of(py, &self.state.borrow_mut(py).attached.pipe)
+    }
+
+    /// Forgets the pipe object without closing it (asyncio tests set `_pipe = None`).
+    fn _forget_pipe(&self, py: Python<'_>) {
+        let old = self.state.borrow_mut(py).attached.pipe.take();
+        drop(old);
+    }
+
+    /// Starts reading (scheduled right after connection_made), unless paused or closed.
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let state = slf.get().state.borrow_mut(py);
+            if state.closing || state.paused || state.watched || state.lost {
+                return Ok(());
+            }
+        }
+        Self::add_reader(slf)
+    }
+
+    /// Called by the loop when the fd is readable.
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let state = this.state.borrow_mut(py);
+            if state.lost || state.attached.pipe.is_none() {
+                return Ok(());
+            }
+        }
+        let outcome = READ_BUFFER.with_borrow_mut(|buf| {
+            // SAFETY: `buf` is a valid writable region of `buf.len()` bytes.
+            let n = unsafe { libc::read(this.fd, buf.as_mut_ptr().cast(), buf.len()) };
+            match n {
+                n if n > 0 => Ok(Some(PyBytes::new(py, &buf[..n as usize]).unbind())),
+                0 => Ok(None),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+        match outcome {
+            Ok(Some(data)) => match this.protocol(py) {
+                // Like asyncio, an exception from data_received goes to the loop's
+                // exception handler ("Exception in callback") and the pipe stays open.
+                Some(protocol) => protocol
+                    .call_method1(py, intern!(py, "data_received"), (data,))
+                    .map(drop),
+                None => Ok(()),
+            },
+            Ok(None) => Self::on_eof(slf),
+            Err(err) if would_block(&err) => Ok(()),
+            Err(err) => Self::fatal_error(slf, os_error(err), "Fatal read error on pipe transport"),
+        }
+    }
+
+    /// Stops delivering data until resume_reading(); True if it was reading.
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut state = this.state.borrow_mut(py);
+            if state.closing || state.paused {
+                return Ok(false);
+            }
+            state.paused = true;
+        }
+        this.remove_reader(py)?;
+        Ok(true)
+    }
+
+    /// Delivers data again; True if it was paused.
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        {
+            let mut state = slf.get().state.borrow_mut(py);
+            if state.closing || !state.paused {
+                return Ok(false);
+            }
+            state.paused = false;
+        }
+        Self::add_reader(slf)?;
+        Ok(true)
+    }
+
+    /// True while data is delivered (not paused, not closing).
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        let state = self.state.borrow_mut(py);
+        !state.paused && !state.closing
+    }
+
+    /// True once closing started.
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow_mut(py).closing
+    }
+
+    /// Stops reading; connection_lost(None) follows.
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if slf.get().state.borrow_mut(slf.py()).closing {
+            return Ok(());
+        }
+        Self::close_with(slf, None)
+    }
+
+    /// asyncio's `_fatal_error`: reports (except `EIO`) and closes with `exc`.
+    #[pyo3(signature = (exc, message = "Fatal error on pipe transport"))]
+    fn _fatal_error(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>, message: &str) -> PyResult<()> {
+        Self::fatal_error(slf, PyErr::from_value(exc), message)
+    }
+
+    /// asyncio's `_close`.
+    #[pyo3(signature = (exc = None))]
+    fn _close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        Self::close_with(slf, exc)
+    }
+
+    /// Switches the protocol that receives data and events.
+    fn set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>) {
+        let old = self
+            .state
+            .borrow_mut(py)
+            .attached
+            .protocol
+            .replace(protocol);
+        drop(old);
+    }
+
+    /// The current protocol.
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol(py)
+    }
+
+    /// Calls protocol.connection_lost(exc), then closes the pipe and lets go of everything.
+    #[pyo3(signature = (exc = None))]
+    fn _call_connection_lost(&self, py: Python<'_>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let result = match self.protocol(py) {
+            Some(protocol) => protocol
+                .call_method1(py, intern!(py, "connection_lost"), (exc,))
+                .map(drop),
+            None => Ok(()),
+        };
+        let attached = std::mem::take(&mut self.state.borrow_mut(py).attached);
+        let closed = release(py, attached);
+        result.and(closed)
+    }
+
+    /// The repr details: `fd=5 polling`, `closing fd=5 idle`, `closed fd=5 closed`.
+    fn _describe(&self, py: Python<'_>) -> PyResult<String> {
+        let loop_open = match self.loop_obj(py) {
+            Some(event_loop) => !loop_closed(py, &event_loop)?,
+            None => false,
+        };
+        let state = self.state.borrow_mut(py);
+        Ok(describe(
+            self.fd,
+            state.attached.pipe.is_some(),
+            state.closing,
+            loop_open,
+            state.watched,
+            None,
+        ))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self.state.try_borrow_in_gc() {
+            Some(state) => state.attached.traverse(&visit),
+            None => Ok(()),
+        }
+    }
+
+    fn __clear__(&self) {
+        let released = self
+            .state
+            .try_borrow_in_gc()
+            .map(|mut state| std::mem::take(&mut state.attached));
+        drop(released);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Writing
+// ---------------------------------------------------------------------------------------
+
+struct WritePipeState {
+    attached: Attachments,
+    buffer: WriteBuffer,
+    high_water: usize,
+    low_water: usize,
+    /// pause_writing() was called and resume_writing() not yet.
+    protocol_paused: bool,
+    /// close() or write_eof() was called, or the pipe failed.
+    closing: bool,
+    /// Writes that failed or came after the pipe was lost.
+    conn_lost: u32,
+    /// connection_lost is scheduled (or done).
+    lost: bool,
+    /// Sockets and FIFOs: watch for readability, which means the reader went away.
+    detects_peer_close: bool,
+    /// The loop watches the fd for reading (peer close) on our behalf.
+    reader_watched: bool,
+    /// The loop watches the fd for writability (queued output) on our behalf.
+    writer_watched: bool,
+}
+
+/// The Rust half of a write pipe transport (`ferroloop._pipes.WritePipeTransport`).
+#[pyclass(module = "ferroloop._core", frozen)]
+pub struct WritePipeCore {
+    fd: RawFd,
+    state: GilCell<WritePipeState>,
+}
+
+/// A contiguous view of a `bytearray` or `memoryview`, released on drop. Boxed so the
+/// `Py_buffer` never moves while exported.
+struct BufferView(Box<std::mem::MaybeUninit<ffi::Py_buffer>>);
+
+impl BufferView {
+    fn new(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let mut view = Box::new(std::mem::MaybeUninit::<ffi::Py_buffer>::uninit());
+        // SAFETY: `obj` is alive; `view` is writable storage for one Py_buffer, filled on
+        // success and released exactly once in Drop.
+        if unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_SIMPLE) }
+            != 0
+        {
+            return Err(PyErr::fetch(obj.py()));
+        }
+        Ok(BufferView(view))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: PyObject_GetBuffer succeeded, so the view is initialised.
+        let view = unsafe { self.0.assume_init_ref() };
+        if view.buf.is_null() || view.len <= 0 {
+            return &[];
+        }
+        // SAFETY: a PyBUF_SIMPLE export is `len` contiguous readable bytes at `buf`, valid
+        // until the view is released (when `self` drops).
+        unsafe { std::slice::from_raw_parts(view.buf as *const u8, view.len as usize) }
+    }
+}
+
+impl Drop for BufferView {
+    fn drop(&mut self) {
+        // SAFETY: the view was filled by PyObject_GetBuffer and is released once. Views
+        // are only created and dropped inside methods that hold the GIL.
+        unsafe { ffi::PyBuffer_Release(self.0.as_mut_ptr()) };
+    }
+}
+
+/// The bytes of a `write()` argument.
+enum Data {
+    /// `bytes`: queued by reference.
+    Bytes(Py<PyBytes>),
+    /// `bytearray`/`memoryview`: written from the view, the unsent rest copied.
+    View(BufferView),
+}
+
+fn data_of(data: &Bound<'_, PyAny>) -> PyResult<Data> {
+    if let Ok(bytes) = data.cast::<PyBytes>() {
+        return Ok(Data::Bytes(bytes.clone().unbind()));
+    }
+    if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+        return Ok(Data::View(BufferView::new(data)?));
+    }
+    Err(PyTypeError::new_err(format!(
+        "data argument must be a bytes-like object, not {:?}",
+        data.get_type().name()?.to_string()
+    )))
+}
+
+impl WritePipeCore {
+    fn loop_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        clone_of(py, &self.state.borrow_mut(py).attached.event_loop)
+    }
+
+    fn owner(&self, py: Python<'_>) -> Py<PyAny> {
+        clone_of(py, &self.state.borrow_mut(py).attached.owner).unwrap_or_else(|| py.None())
+    }
+
+    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        clone_of(py, &self.state.borrow_mut(py).attached.protocol)
+    }
+
+    fn watch(slf: &Bound<'_, Self>, method: &Bound<'_, PyString>, callback: &str) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if let Some(event_loop) = this.loop_obj(py) {
+            let callback = slf.getattr(callback)?;
+            event_loop.call_method1(py, method, (this.fd, callback))?;
+        }
+        Ok(())
+    }
+
+    fn unwatch(&self, py: Python<'_>, method: &Bound<'_, PyString>) -> PyResult<()> {
+        if let Some(event_loop) = self.loop_obj(py) {
+            event_loop.call_method1(py, method, (self.fd,))?;
+        }
+        Ok(())
+    }
+
+    fn remove_writer(&self, py: Python<'_>) -> PyResult<()> {
+        if std::mem::replace(&mut self.state.borrow_mut(py).writer_watched, false) {
+            self.unwatch(py, intern!(py, "_remove_writer"))?;
+        }
+        Ok(())
+    }
+
+    fn remove_reader(&self, py: Python<'_>) -> PyResult<()> {
+        if std::mem::replace(&mut self.state.borrow_mut(py).reader_watched, false) {
+            self.unwatch(py, intern!(py, "_remove_reader"))?;
+        }
+        Ok(())
+    }
+
+    fn add_writer(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        Self::watch(slf, intern!(py, "_add_writer"), "_write_ready")?;
+        slf.get().state.borrow_mut(py).writer_watched = true;
+        Ok(())
+    }
+
+    /// Calls pause_writing() when the queue went above the high-water mark.
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let mut state = slf.get().state.borrow_mut(py);
+            if state.buffer.len() <= state.high_water || state.protocol_paused {
+                return Ok(());
+            }
+            state.protocol_paused = true;
+        }
+        Self::notify_protocol(
+            slf,
+            intern!(py, "pause_writing"),
+            "protocol.pause_writing() failed",
+        )
+    }
+
+    /// Calls resume_writing() when the queue drained to the low-water mark.
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let mut state = slf.get().state.borrow_mut(py);
+            if !state.protocol_paused || state.buffer.len() > state.low_water {
+                return Ok(());
+            }
+            state.protocol_paused = false;
+        }
+        Self::notify_protocol(
+            slf,
+            intern!(py, "resume_writing"),
+            "protocol.resume_writing() failed",
+        )
+    }
+
+    fn notify_protocol(
+        slf: &Bound<'_, Self>,
+        name: &Bound<'_, PyString>,
+        message: &str,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(protocol) = this.protocol(py) else {
+            return Ok(());
+        };
+        match protocol.call_method0(py, name) {
+            Ok(_) => Ok(()),
+            Err(err) if is_exit(py, &err) => Err(err),
+            Err(err) => match this.loop_obj(py) {
+                Some(event_loop) => report(
+                    py,
+                    &event_loop,
+                    message,
+                    &err.into_value(py).into_any(),
+                    this.owner(py),
+                    Some(protocol),
+                ),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// asyncio's `_fatal_error`: OS errors are only logged in debug mode, anything else
+    /// goes to the exception handler; then the pipe closes with `exc`.
+    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if is_exit(py, &err) {
+            return Err(err);
+        }
+        let exc: Py<PyAny> = err.into_value(py).into_any();
+        if let Some(event_loop) = this.loop_obj(py) {
+            if exc.bind(py).is_instance_of::<PyOSError>() {
+                if loop_debug(py, &event_loop)? {
+                    let kwargs = PyDict::new(py);
+                    kwargs.set_item("exc_info", exc.clone_ref(py))?;
+                    logger(py)?.call_method(
+                        "debug",
+                        ("%r: %s", this.owner(py), message),
+                        Some(&kwargs),
+                    )?;
+                }
+            } else {
+                report(
+                    py,
+                    &event_loop,
+                    message,
+                    &exc,
+                    this.owner(py),
+                    this.protocol(py),
+                )?;
+            }
+        }
+        Self::close_with(slf, Some(exc))
+    }
+
+    /// asyncio's `_close(exc)`: drop queued output, stop watching, schedule
+    /// connection_lost(exc).
+    fn close_with(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let dropped = {
+            let mut state = this.state.borrow_mut(py);
+            state.closing = true;
+            if state.lost {
+                return Ok(());
+            }
+            state.lost = true;
+            state.buffer.take()
+        };
+        drop(dropped);
+        this.remove_writer(py)?;
+        this.remove_reader(py)?;
+        Self::schedule_connection_lost(slf, exc)
+    }
+
+    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(event_loop) = this.loop_obj(py) else {
+            return Ok(());
+        };
+        if loop_closed(py, &event_loop)? {
+            // Nothing can run on a closed loop: close the pipe, drop the protocol.
+            let attached = std::mem::take(&mut this.state.borrow_mut(py).attached);
+            return release(py, attached);
+        }
+        let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
+        event_loop.call_method1(py, intern!(py, "call_soon"), (callback, exc))?;
+        Ok(())
+    }
+
+    /// Counts a write that arrives after the pipe closed; warns past the threshold.
+    fn count_lost_write(&self, py: Python<'_>) -> PyResult<()> {
+        let count = self.state.borrow_mut(py).conn_lost;
+        if count >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+            logger(py)?.call_method1(
+                "warning",
+                ("pipe closed by peer or os.write(pipe, data) raised exception.",),
+            )?;
+        }
+        self.state.borrow_mut(py).conn_lost += 1;
+        Ok(())
+    }
+
+    /// True when writes are dropped: the pipe is closing or was lost.
+    fn refuses_writes(&self, py: Python<'_>) -> bool {
+        let state = self.state.borrow_mut(py);
+        state.conn_lost > 0 || state.closing
+    }
+}
+
+#[pymethods]
+impl WritePipeCore {
+    /// `WritePipeCore(loop, pipe, fd, protocol, owner, detects_peer_close)`; `fd` is
+    /// non-blocking already. `detects_peer_close` for sockets and FIFOs.
+    #[new]
+    fn py_new(
+        event_loop: Py<PyAny>,
+        pipe: Py<PyAny>,
+        fd: RawFd,
+        protocol: Py<PyAny>,
+        owner: Py<PyAny>,
+        detects_peer_close: bool,
+    ) -> Self {
+        WritePipeCore {
+            fd,
+            state: GilCell::new(WritePipeState {
+                attached: Attachments::new(pipe, owner, event_loop, protocol),
+                buffer: WriteBuffer::default(),
+                high_water: DEFAULT_HIGH_WATER,
+                low_water: DEFAULT_HIGH_WATER / 4,
+                protocol_paused: false,
+                closing: false,
+                conn_lost: 0,
+                lost: false,
+                detects_peer_close,
+                reader_watched: false,
+                writer_watched: false,
+            }),
+        }
+    }
+
+    /// The pipe's fd.
+    #[getter]
+    fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// The pipe object, or None once closed.
+    #[getter]
+    fn pipe(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        clone_of(py, &self.state.borrow_mut(py).attached.pipe)
+    }
+
+    /// Forgets the pipe object without closing it (asyncio tests set `_pipe = None`).
+    fn _forget_pipe(&self, py: Python<'_>) {
+        let old = self.state.borrow_mut(py).attached.pipe.take();
+        drop(old);
+    }
+
+    /// Starts watching for the reader going away (sockets and FIFOs), scheduled right
+    /// after connection_made.
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let state = slf.get().state.borrow_mut(py);
+            if !state.detects_peer_close || state.lost || state.reader_watched {
+                return Ok(());
+            }
+        }
+        Self::watch(slf, intern!(py, "_add_reader"), "_read_ready")?;
+        slf.get().state.borrow_mut(py).reader_watched = true;
+        Ok(())
+    }
+
+    /// Writes `data` at once if nothing is queued; queues what the pipe does not take.
+    /// Dropped (and counted) after close(), write_eof() or a failure, as in asyncio.
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let data = data_of(data)?;
+        let bytes: &[u8] = match &data {
+            Data::Bytes(b) => b.bind(py).as_bytes(),
+            Data::View(view) => view.bytes(),
+        };
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if this.refuses_writes(py) {
+            return this.count_lost_write(py);
+        }
+        let queue_empty = this.state.borrow_mut(py).buffer.is_empty();
+        let mut written = 0;
+        if queue_empty {
+            match write_fd(this.fd, bytes) {
+                Ok(n) => written = n,
+                Err(err) if would_block(&err) => {}
+                Err(err) => {
+                    this.state.borrow_mut(py).conn_lost += 1;
+                    return Self::fatal_error(
+                        slf,
+                        os_error(err),
+                        "Fatal write error on pipe transport",
+                    );
+                }
+            }
+            if written == bytes.len() {
+                return Ok(());
+            }
+            Self::add_writer(slf)?;
+        }
+        {
+            let mut state = this.state.borrow_mut(py);
+            match &data {
+                Data::Bytes(b) => {
+                    state
+                        .buffer
+                        .push_shared_tail(py, b.clone_ref(py), bytes.len(), written)
+                }
+                Data::View(_) => state.buffer.push_copy(&bytes[written..]),
+            }
+        }
+        drop(data);
+        Self::maybe_pause_protocol(slf)
+    }
+
+    /// Writes every buffer of `list_of_data`, in order, with one `writev` when possible.
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let pieces = list_of_data
+            .try_iter()?
+            .map(|item| item.and_then(|i| data_of(&i)))
+            .collect::<PyResult<Vec<_>>>()?;
+        let total: usize = pieces
+            .iter()
+            .map(|p| match p {
+                Data::Bytes(b) => b.bind(py).as_bytes().len(),
+                Data::View(v) => v.bytes().len(),
+            })
+            .sum();
+        if total == 0 {
+            return Ok(());
+        }
+        if this.refuses_writes(py) {
+            return this.count_lost_write(py);
+        }
+        let queue_empty = {
+            let mut state = this.state.borrow_mut(py);
+            let queue_empty = state.buffer.is_empty();
+            for piece in &pieces {
+                match piece {
+                    Data::Bytes(b) => {
+                        let len = b.bind(py).as_bytes().len();
+                        state.buffer.push_shared(b.clone_ref(py), len);
+                    }
+                    Data::View(v) => state.buffer.push_copy(v.bytes()),
+                }
+            }
+            queue_empty
+        };
+        drop(pieces);
+        if queue_empty {
+            let outcome = this.state.borrow_mut(py).buffer.flush_pipe(py, this.fd);
+            match outcome {
+                Ok(_) => {}
+                Err(err) if would_block(&err) => {}
+                Err(err) => {
+                    let dropped = {
+                        let mut state = this.state.borrow_mut(py);
+                        state.conn_lost += 1;
+                        state.buffer.take()
+                    };
+                    drop(dropped);
+                    return Self::fatal_error(
+                        slf,
+                        os_error(err),
+                        "Fatal write error on pipe transport",
+                    );
+                }
+            }
+            if this.state.borrow_mut(py).buffer.is_empty() {
+                return Ok(());
+            }
+            Self::add_writer(slf)?;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    /// Called by the loop when the fd is writable and output is queued.
+    fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let outcome = {
+            let mut state = this.state.borrow_mut(py);
+            if state.lost || state.buffer.is_empty() {
+                return Ok(());
+            }
+            state.buffer.flush_pipe(py, this.fd)
+        };
+        match outcome {
+            Ok(_) => {}
+            Err(err) if would_block(&err) => return Ok(()),
+            Err(err) => {
+                let dropped = {
+                    let mut state = this.state.borrow_mut(py);
+                    state.conn_lost += 1;
+                    state.buffer.take()
+                };
+                drop(dropped);
+                this.remove_writer(py)?;
+                return Self::fatal_error(
+                    slf,
+                    os_error(err),
+                    "Fatal write error on pipe transport",
+                );
+            }
+        }
+        if !this.state.borrow_mut(py).buffer.is_empty() {
+            // asyncio resumes the protocol only once the queue is empty.
+            return Ok(());
+        }
+        this.remove_writer(py)?;
+        // May write more (and queue it again).
+        Self::maybe_resume_protocol(slf)?;
+        let finish = {
+            let mut state = this.state.borrow_mut(py);
+            let finish = state.closing && !state.lost && state.buffer.is_empty();
+            if finish {
+                state.lost = true;
+            }
+            finish
+        };
+        if finish {
+            this.remove_reader(py)?;
+            this._call_connection_lost(py, None)?;
+        }
+        Ok(())
+    }
+
+    /// Called by the loop when a socket or FIFO becomes readable: the reader went away.
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (event_loop, pending) = {
+            let state = this.state.borrow_mut(py);
+            if state.lost {
+                return Ok(());
+            }
+            (
+                clone_of(py, &state.attached.event_loop),
+                !state.buffer.is_empty(),
+            )
+        };
+        if let Some(event_loop) = event_loop {
+            log_closed_by_peer(py, &event_loop, this.owner(py))?;
+        }
+        let exc = if pending {
+            Some(PyBrokenPipeError::new_err(()).into_value(py).into_any())
+        } else {
+            None
+        };
+        Self::close_with(slf, exc)
+    }
+
+    /// Pipes can be closed for writing: write_eof() closes the pipe.
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    /// Closes the pipe once the queued output is written; connection_lost(None) follows.
+    fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let drained = {
+            let mut state = this.state.borrow_mut(py);
+            if state.closing {
+                return Ok(());
+            }
+            state.closing = true;
+            let drained = state.buffer.is_empty();
+            if drained {
+                state.lost = true;
+            }
+            drained
+        };
+        if drained {
+            this.remove_reader(py)?;
+            Self::schedule_connection_lost(slf, None)?;
+        }
+        Ok(())
+    }
+
+    /// Same as write_eof() (asyncio's rule for pipes).
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let open = {
+            let state = slf.get().state.borrow_mut(py);
+            state.attached.pipe.is_some() && !state.closing
+        };
+        if open {
+            Self::write_eof(slf)?;
+        }
+        Ok(())
+    }
+
+    /// Closes at once, dropping queued output; connection_lost(None) follows.
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::close_with(slf, None)
+    }
+
+    /// asyncio's `_fatal_error`.
+    #[pyo3(signature = (exc, message = "Fatal error on pipe transport"))]
+    fn _fatal_error(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>, message: &str) -> PyResult<()> {
+        Self::fatal_error(slf, PyErr::from_value(exc), message)
+    }
+
+    /// asyncio's `_close`.
+    #[pyo3(signature = (exc = None))]
+    fn _close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        Self::close_with(slf, exc)
+    }
+
+    /// True once close(), write_eof() or a failure started closing.
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow_mut(py).closing
+    }
+
+    /// Sets the water marks (asyncio's defaults and checks); may pause the protocol.
+    #[pyo3(signature = (high = None, low = None))]
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<Bound<'_, PyAny>>,
+        low: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let high: Option<i64> = high.map(|h| h.extract()).transpose()?;
+        let low: Option<i64> = low.map(|l| l.extract()).transpose()?;
+        let high = high.unwrap_or_else(|| match low {
+            Some(low) => low.saturating_mul(4),
+            None => DEFAULT_HIGH_WATER as i64,
+        });
+        let low = low.unwrap_or(high.div_euclid(4));
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!(
+                "high ({high}) must be >= low ({low}) must be >= 0"
+            )));
+        }
+        {
+            let mut state = slf.get().state.borrow_mut(py);
+            state.high_water = high as usize;
+            state.low_water = low as usize;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    /// `(low, high)` water marks.
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        let state = self.state.borrow_mut(py);
+        (state.low_water, state.high_water)
+    }
+
+    /// Bytes queued and not yet written.
+    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.state.borrow_mut(py).buffer.len()
+    }
+
+    /// True between pause_writing() and resume_writing().
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> bool {
+        self.state.borrow_mut(py).protocol_paused
+    }
+
+    /// Switches the protocol that receives events.
+    fn set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>) {
+        let old = self
+            .state
+            .borrow_mut(py)
+            .attached
+            .protocol
+            .replace(protocol);
+        drop(old);
+    }
+
+    /// The current protocol.
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol(py)
+    }
+
+    /// Calls protocol.connection_lost(exc), then closes the pipe and lets go of everything.
+    #[pyo3(signature = (exc = None))]
+    fn _call_connection_lost(&self, py: Python<'_>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let result = match self.protocol(py) {
+            Some(protocol) => protocol
+                .call_method1(py, intern!(py, "connection_lost"), (exc,))
+                .map(drop),
+            None => Ok(()),
+        };
+        let released = {
+            let mut state = self.state.borrow_mut(py);
+            (std::mem::take(&mut state.attached), state.buffer.take())
+        };
+        let (attached, buffer) = released;
+        drop(buffer);
+        let closed = release(py, attached);
+        result.and(closed)
+    }
+
+    /// The repr details: `fd=5 idle bufsize=0`, `closing fd=5 polling bufsize=10`.
+    fn _describe(&self, py: Python<'_>) -> PyResult<String> {
+        let loop_open = match self.loop_obj(py) {
+            Some(event_loop) => !loop_closed(py, &event_loop)?,
+            None => false,
+        };
+        let state = self.state.borrow_mut(py);
+        Ok(describe(
+            self.fd,
+            state.attached.pipe.is_some(),
+            state.closing,
+            loop_open,
+            state.writer_watched,
+            Some(state.buffer.len()),
+        ))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self.state.try_borrow_in_gc() {
+            Some(state) => state.attached.traverse(&visit),
+            None => Ok(()),
+        }
+    }
+
+    fn __clear__(&self) {
+        let released = self
+            .state
+            .try_borrow_in_gc()
+            .map(|mut state| (std::mem::take(&mut state.attached), state.buffer.take()));
+        drop(released);
+    }
+}

@@ -1,0 +1,291 @@
+"""Pipe transports: connect_read_pipe / connect_write_pipe over the Rust cores.
+
+`ReadPipeTransport` (an `asyncio.ReadTransport`) and `WritePipeTransport` (an
+`asyncio.WriteTransport`) are what protocols see; every method delegates to
+`_core.ReadPipeCore` / `_core.WritePipeCore`, which own the state and the data path.
+The behaviour is asyncio's `_UnixReadPipeTransport` / `_UnixWritePipeTransport`: pipes,
+FIFOs, sockets and character devices (ptys) are accepted; the transport owns the pipe
+object and closes it after connection_lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+import warnings
+
+from ._core import ReadPipeCore, WritePipeCore
+
+logger = logging.getLogger("asyncio")
+
+
+def _finish_waiter(waiter):
+    if not waiter.cancelled():
+        waiter.set_result(None)
+
+
+class ReadPipeTransport(asyncio.ReadTransport):
+    """The read end of a pipe, FIFO, socket or character device."""
+
+    __slots__ = ("_core", "_loop", "__weakref__")
+
+    # asyncio's max_size: bytes read in one event loop iteration at most.
+    max_size = 256 * 1024
+
+    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
+        super().__init__(extra)
+        self._extra["pipe"] = pipe
+        self._loop = loop
+        fileno = pipe.fileno()
+        mode = os.fstat(fileno).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+            self._core = None
+            raise ValueError("Pipe transport is for pipes/sockets only.")
+        os.set_blocking(fileno, False)
+        self._core = ReadPipeCore(loop, pipe, fileno, protocol, self)
+        loop.call_soon(protocol.connection_made, self)
+        # Only start reading once connection_made() has been called.
+        loop.call_soon(self._core._start_reading)
+        if waiter is not None:
+            loop.call_soon(_finish_waiter, waiter)
+
+    def __repr__(self):
+        core = self._core
+        detail = core._describe() if core is not None else "closed"
+        return f"<{type(self).__name__} {detail}>"
+
+    def __del__(self, _warn=warnings.warn):
+        core = getattr(self, "_core", None)
+        pipe = core.pipe if core is not None else None
+        if pipe is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            pipe.close()
+
+    @property
+    def _pipe(self):
+        return self._core.pipe
+
+    @_pipe.setter
+    def _pipe(self, value):
+        if value is not None:
+            raise ValueError("_pipe can only be reset to None")
+        self._core._forget_pipe()
+
+    @property
+    def _fileno(self):
+        return self._core.fd
+
+    @property
+    def _protocol(self):
+        return self._core.get_protocol()
+
+    @property
+    def _closing(self):
+        return self._core.is_closing()
+
+    def is_reading(self):
+        """True while incoming data is delivered."""
+        return self._core.is_reading()
+
+    def pause_reading(self):
+        """Stops delivering incoming data until resume_reading()."""
+        if self._core.pause_reading() and self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self):
+        """Delivers incoming data again."""
+        if self._core.resume_reading() and self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def set_protocol(self, protocol):
+        """Switches to another protocol."""
+        self._core.set_protocol(protocol)
+
+    def get_protocol(self):
+        """The current protocol."""
+        return self._core.get_protocol()
+
+    def is_closing(self):
+        """True once closing has started."""
+        return self._core.is_closing()
+
+    def close(self):
+        """Stops reading; connection_lost(None) follows and the pipe is closed."""
+        self._core.close()
+
+    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
+        self._core._fatal_error(exc, message)
+
+    def _close(self, exc):
+        self._core._close(exc)
+
+    def _call_connection_lost(self, exc):
+        self._core._call_connection_lost(exc)
+
+
+class WritePipeTransport(asyncio.WriteTransport):
+    """The write end of a pipe, FIFO, socket or character device."""
+
+    __slots__ = ("_core", "_loop", "__weakref__")
+
+    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
+        super().__init__(extra)
+        self._extra["pipe"] = pipe
+        self._loop = loop
+        fileno = pipe.fileno()
+        mode = os.fstat(fileno).st_mode
+        is_char = stat.S_ISCHR(mode)
+        is_fifo = stat.S_ISFIFO(mode)
+        is_socket = stat.S_ISSOCK(mode)
+        if not (is_char or is_fifo or is_socket):
+            self._core = None
+            raise ValueError("Pipe transport is only for pipes, sockets and character devices")
+        os.set_blocking(fileno, False)
+        # A socket or FIFO becomes readable when its reader goes away: watch for that.
+        self._core = WritePipeCore(loop, pipe, fileno, protocol, self, is_socket or is_fifo)
+        loop.call_soon(protocol.connection_made, self)
+        # Only start watching once connection_made() has been called.
+        loop.call_soon(self._core._start_reading)
+        if waiter is not None:
+            loop.call_soon(_finish_waiter, waiter)
+
+    def __repr__(self):
+        core = self._core
+        detail = core._describe() if core is not None else "closed"
+        return f"<{type(self).__name__} {detail}>"
+
+    def __del__(self, _warn=warnings.warn):
+        core = getattr(self, "_core", None)
+        pipe = core.pipe if core is not None else None
+        if pipe is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            pipe.close()
+
+    @property
+    def _pipe(self):
+        return self._core.pipe
+
+    @_pipe.setter
+    def _pipe(self, value):
+        if value is not None:
+            raise ValueError("_pipe can only be reset to None")
+        self._core._forget_pipe()
+
+    @property
+    def _fileno(self):
+        return self._core.fd
+
+    @property
+    def _protocol(self):
+        return self._core.get_protocol()
+
+    @property
+    def _closing(self):
+        return self._core.is_closing()
+
+    @property
+    def _protocol_paused(self):
+        return self._core._protocol_paused
+
+    def write(self, data):
+        """Writes `data` (bytes-like) as soon as the pipe takes it."""
+        self._core.write(data)
+
+    def writelines(self, list_of_data):
+        """Writes every buffer of `list_of_data` in order."""
+        self._core.writelines(list_of_data)
+
+    def can_write_eof(self):
+        """True: write_eof() closes the pipe."""
+        return True
+
+    def write_eof(self):
+        """Closes the pipe once the queued data is written."""
+        self._core.write_eof()
+
+    def close(self):
+        """Same as write_eof(): writes what is queued, then closes."""
+        self._core.close()
+
+    def abort(self):
+        """Closes at once, dropping queued data; connection_lost(None) follows."""
+        self._core.abort()
+
+    def is_closing(self):
+        """True once closing has started."""
+        return self._core.is_closing()
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        """Sets the water marks that drive pause_writing()/resume_writing()."""
+        self._core.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self):
+        """`(low, high)`."""
+        return self._core.get_write_buffer_limits()
+
+    def get_write_buffer_size(self):
+        """Bytes queued and not yet written."""
+        return self._core.get_write_buffer_size()
+
+    def set_protocol(self, protocol):
+        """Switches to another protocol."""
+        self._core.set_protocol(protocol)
+
+    def get_protocol(self):
+        """The current protocol."""
+        return self._core.get_protocol()
+
+    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
+        self._core._fatal_error(exc, message)
+
+    def _close(self, exc=None):
+        self._core._close(exc)
+
+    def _call_connection_lost(self, exc):
+        self._core._call_connection_lost(exc)
+
+
+class PipesMixin:
+    """connect_read_pipe / connect_write_pipe."""
+
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return ReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return WritePipeTransport(self, pipe, protocol, waiter, extra)
+
+    async def connect_read_pipe(self, protocol_factory, pipe):
+        """Wraps the read end `pipe` (a file-like object with fileno()) in a transport.
+
+        Returns `(transport, protocol)` once protocol.connection_made() was called.
+        """
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        transport = self._make_read_pipe_transport(pipe, protocol, waiter)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            raise
+        if self.get_debug():
+            logger.debug("Read pipe %r connected: (%r, %r)", pipe.fileno(), transport, protocol)
+        return transport, protocol
+
+    async def connect_write_pipe(self, protocol_factory, pipe):
+        """Wraps the write end `pipe` (a file-like object with fileno()) in a transport.
+
+        Returns `(transport, protocol)` once protocol.connection_made() was called.
+        """
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        transport = self._make_write_pipe_transport(pipe, protocol, waiter)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            raise
+        if self.get_debug():
+            logger.debug("Write pipe %r connected: (%r, %r)", pipe.fileno(), transport, protocol)
+        return transport, protocol
