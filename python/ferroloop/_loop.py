@@ -21,6 +21,7 @@ from ._running import RunningMixin
 from ._sendfile import SendfileMixin
 from ._signals import SignalsMixin
 from ._sockets import SocketsMixin
+from ._subprocess import SubprocessMixin
 from ._tasks import TasksMixin
 from ._tls import TlsMixin
 
@@ -55,6 +56,7 @@ class Loop(
     SocketsMixin,
     DatagramMixin,
     PipesMixin,
+    SubprocessMixin,
     asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop whose engine is Rust. Create it with `new_event_loop()`."""
@@ -70,6 +72,7 @@ class Loop(
         self._transports = weakref.WeakValueDictionary()
         self._init_running()
         self._init_signals()
+        self._init_subprocesses()
         self.set_debug(_debug_from_environment())
 
     def add_reader(self, fd, callback, *args):
@@ -120,6 +123,7 @@ class Loop(
             logger.debug("Close %r", self)
         if not sys.is_finalizing():
             self._close_signals()
+        self._close_subprocesses()
         self._close_core()
         self._shutdown_executor_nowait()
 
