@@ -29,7 +29,8 @@ def _finish_waiter(waiter):
 class ReadPipeTransport(asyncio.ReadTransport):
     """The read end of a pipe, FIFO, socket or character device."""
 
-    __slots__ = ("_core", "_loop", "__weakref__")
+    # __dict__: asyncio's pipe transports accept instance attributes (tests patch methods).
+    __slots__ = ("_core", "_loop", "__weakref__", "__dict__")
 
     # asyncio's max_size: bytes read in one event loop iteration at most.
     max_size = 256 * 1024
@@ -128,7 +129,8 @@ class ReadPipeTransport(asyncio.ReadTransport):
 class WritePipeTransport(asyncio.WriteTransport):
     """The write end of a pipe, FIFO, socket or character device."""
 
-    __slots__ = ("_core", "_loop", "__weakref__")
+    # __dict__: asyncio's pipe transports accept instance attributes (tests patch methods).
+    __slots__ = ("_core", "_loop", "__weakref__", "__dict__")
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         super().__init__(extra)

@@ -368,19 +368,24 @@ class SubprocessTransport(asyncio.SubprocessTransport):
     # -- plumbing ------------------------------------------------------------------
 
     async def _connect_pipes(self, waiter):
+        # fds whose pipe object was handed to connect_*_pipe (which then owns it).
+        handed = set()
         try:
             proc = self._proc
             loop = self._loop
 
             if proc.stdin is not None:
+                handed.add(0)
                 _, pipe = await loop.connect_write_pipe(lambda: _PipeEnd(self, 0), proc.stdin)
                 self._pipes[0] = pipe
 
             if proc.stdout is not None:
+                handed.add(1)
                 _, pipe = await loop.connect_read_pipe(lambda: _ReadPipeEnd(self, 1), proc.stdout)
                 self._pipes[1] = pipe
 
             if proc.stderr is not None:
+                handed.add(2)
                 _, pipe = await loop.connect_read_pipe(lambda: _ReadPipeEnd(self, 2), proc.stderr)
                 self._pipes[2] = pipe
 
@@ -391,6 +396,18 @@ class SubprocessTransport(asyncio.SubprocessTransport):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
+            # A pipe left without a transport would keep the transport from finishing,
+            # and _wait() from ever returning (asyncio hangs there): forget it, and close
+            # it unless connect_*_pipe took it over.
+            for fd, pipe in ((0, proc.stdin), (1, proc.stdout), (2, proc.stderr)):
+                if fd in self._pipes and self._pipes[fd] is None:
+                    del self._pipes[fd]
+                    if fd not in handed and pipe is not None:
+                        pipe.close()
+            # The caller closes the transport and waits for it; the protocol never saw
+            # connection_made, so it sees nothing else either.
+            self._protocol = asyncio.SubprocessProtocol()
+            self._pending_calls = None
             if waiter is not None and not waiter.cancelled():
                 waiter.set_exception(exc)
         else:
