@@ -179,7 +179,11 @@ class SubprocessTransport(asyncio.SubprocessTransport):
             program = args if isinstance(args, (bytes, str)) else args[0]
             logger.debug("process %r created: pid %s", program, self._pid)
 
-        self._watch_exit()
+        try:
+            self._watch_exit()
+        except BaseException:
+            self.close()
+            raise
         loop.create_task(self._connect_pipes(waiter))
 
     def __repr__(self):
@@ -228,9 +232,13 @@ class SubprocessTransport(asyncio.SubprocessTransport):
                 daemon=True,
             ).start()
             return
+        try:
+            self._loop._add_reader(pidfd, self._pidfd_ready)
+        except BaseException:
+            os.close(pidfd)
+            raise
         self._pidfd = pidfd
         self._loop._watched_children[self._pid] = self
-        self._loop._add_reader(pidfd, self._pidfd_ready)
 
     def _stop_watching(self):
         pidfd, self._pidfd = self._pidfd, None
