@@ -416,6 +416,8 @@ def test_stdin_broken_pipe_on_drain(loop):
 
 
 def test_cancel_during_creation_kills_child(loop):
+    before = set(_children_of_this_process())
+
     async def main():
         task = asyncio.ensure_future(loop.subprocess_exec(asyncio.SubprocessProtocol, *SLEEPER))
         await asyncio.sleep(0)
@@ -424,13 +426,15 @@ def test_cancel_during_creation_kills_child(loop):
             await task
 
     run(loop, main())
+
+    def leftover():
+        return set(_children_of_this_process()) - before
+
     # Let the killed child's pipes and exit be processed.
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    while leftover() and time.monotonic() < deadline:
         loop.run_until_complete(asyncio.sleep(0.01))
-        if not _children_of_this_process():
-            break
-    assert not _children_of_this_process()
+    assert not leftover()
 
 
 def _children_of_this_process():
