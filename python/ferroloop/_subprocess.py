@@ -291,12 +291,16 @@ class SubprocessTransport(asyncio.SubprocessTransport):
         self._loop.call_soon(self._process_exited, returncode)
 
     def _hand_over_to_thread(self):
-        """The loop closes while the child runs: a thread reaps it when it exits."""
+        """The loop closes while the child runs: a thread reaps it when it exits.
+
+        The thread does not keep the transport alive: dropped unclosed, it warns and
+        kills the child (ResourceWarning "unclosed transport"), as asyncio's does.
+        """
         loop = self._loop
         self._stop_watching()
         threading.Thread(
             target=_wait_in_thread,
-            args=(loop, self, self._proc, self._pid, True),
+            args=(loop, None, self._proc, self._pid, True),
             name=f"ferroloop-waitpid-{self._pid}",
             daemon=True,
         ).start()
