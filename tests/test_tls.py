@@ -271,3 +271,114 @@ def test_server_side_connect_accepted_socket_with_ssl(loop, server_context, clie
         await asyncio.sleep(0.01)
 
     loop.run_until_complete(main())
+
+
+def _server_context_for(ca, **options):
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("ferroloop.test").configure_cert(context)
+    if options.get("alpn"):
+        context.set_alpn_protocols(options["alpn"])
+    if options.get("require_client_cert"):
+        context.verify_mode = ssl.CERT_REQUIRED
+        ca.configure_trust(context)
+    return context
+
+
+def test_alpn_is_negotiated(loop, ca, client_context):
+    server_context = _server_context_for(ca, alpn=["h2", "http/1.1"])
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    client.set_alpn_protocols(["http/1.1"])
+
+    async def main():
+        server_tls, client_tls, server_proto, client_proto = await handshake(
+            loop, server_context, client
+        )
+        server, client_side = await server_tls, await client_tls
+        assert client_side.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
+        assert server.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
+        client_side.close()
+        server.close()
+        await asyncio.wait_for(asyncio.gather(server_proto.lost, client_proto.lost), 5)
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("client_has_cert", [True, False])
+def test_client_certificates_are_verified(loop, ca, client_has_cert):
+    server_context = _server_context_for(ca, require_client_cert=True)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    if client_has_cert:
+        ca.issue_cert("client.ferroloop.test").configure_cert(client)
+
+    async def main():
+        server_tls, client_tls, server_proto, client_proto = await handshake(
+            loop, server_context, client
+        )
+        if client_has_cert:
+            server, client_side = await server_tls, await client_tls
+            peer = server.get_extra_info("peercert")
+            assert ("DNS", "client.ferroloop.test") in peer["subjectAltName"]
+            client_side.close()
+            server.close()
+            await asyncio.wait_for(asyncio.gather(server_proto.lost, client_proto.lost), 5)
+        else:
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                await server_tls
+            # TLS 1.3: the client learns of the rejection only when it reads.
+            try:
+                client_side = await client_tls
+            except (ssl.SSLError, ConnectionError):
+                pass
+            else:
+                await asyncio.wait_for(client_proto.lost, 5)
+                client_side.close()
+            assert not server_proto.data
+
+    loop.run_until_complete(main())
+
+
+def test_certificates_loaded_from_files(loop, ca, tmp_path):
+    cert = ca.issue_cert("ferroloop.test")
+    chain_path = tmp_path / "server.pem"
+    ca_path = tmp_path / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(chain_path))
+    ca.cert_pem.write_to_path(str(ca_path))
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(str(chain_path))
+    client = ssl.create_default_context(cafile=str(ca_path))
+
+    async def main():
+        server = await loop.create_server(EchoServer, "127.0.0.1", 0, ssl=server_context)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client, server_hostname="ferroloop.test"
+        )
+        writer.write(b"from files")
+        assert await reader.readexactly(10) == b"from files"
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+def test_abrupt_close_mid_handshake_fails_the_handshake(loop, server_context):
+    async def main():
+        (server, server_proto), (client, client_proto) = await connected_pair(loop)
+        server_tls = loop.create_task(
+            loop.start_tls(
+                server, server_proto, server_context, server_side=True, ssl_handshake_timeout=5
+            )
+        )
+        await asyncio.sleep(0)
+        client.write(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello, then gone
+        client.abort()
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await server_tls
+        await asyncio.wait_for(client_proto.lost, 5)
+        assert not server_proto.data
+
+    loop.run_until_complete(main())
