@@ -409,10 +409,11 @@ def _sock_pair_member():
             ValueError,
             "ssl_handshake_timeout is only meaningful with ssl",
         ),
-        (
+        pytest.param(
             {"host": "127.0.0.1", "port": 1, "ssl_shutdown_timeout": 1},
             ValueError,
             "ssl_shutdown_timeout is only meaningful with ssl",
+            marks=pytest.mark.asyncio_since((3, 11)),
         ),
         ({}, ValueError, "host and port was not specified and no sock specified"),
         (
@@ -450,7 +451,11 @@ def test_create_connection_bad_arguments(loop, kwargs, exc_type, message):
     [
         ({"path": "/nonexistent", "server_hostname": "x"}, "server_hostname is only meaningful"),
         ({"path": "/nonexistent", "ssl_handshake_timeout": 1}, "ssl_handshake_timeout is only"),
-        ({"path": "/nonexistent", "ssl_shutdown_timeout": 1}, "ssl_shutdown_timeout is only"),
+        pytest.param(
+            {"path": "/nonexistent", "ssl_shutdown_timeout": 1},
+            "ssl_shutdown_timeout is only",
+            marks=pytest.mark.asyncio_since((3, 11)),
+        ),
         ({"path": "/nonexistent", "ssl": True}, "you have to pass server_hostname when using ssl"),
         ({}, "no path and sock were specified"),
         ({"path": "/nonexistent", "sock": "UNIX"}, "path and sock can not be specified"),
@@ -479,7 +484,7 @@ def test_create_unix_connection_bad_arguments(loop, kwargs, message):
             sock.close()
 
 
-def test_connect_accepted_socket_bad_arguments(loop):
+def test_connect_accepted_socket_bad_arguments(loop, loop_kind):
     dgram = socket.socket(type=socket.SOCK_DGRAM)
     stream = socket.socket()
     try:
@@ -489,10 +494,14 @@ def test_connect_accepted_socket_bad_arguments(loop):
             loop.run_until_complete(
                 loop.connect_accepted_socket(asyncio.Protocol, stream, ssl_handshake_timeout=1)
             )
-        with pytest.raises(ValueError, match="^ssl_shutdown_timeout is only meaningful with ssl$"):
-            loop.run_until_complete(
-                loop.connect_accepted_socket(asyncio.Protocol, stream, ssl_shutdown_timeout=1)
-            )
+        # asyncio has ssl_shutdown_timeout from Python 3.11; ferroloop on every version.
+        if sys.version_info >= (3, 11) or loop_kind == "ferroloop":
+            with pytest.raises(
+                ValueError, match="^ssl_shutdown_timeout is only meaningful with ssl$"
+            ):
+                loop.run_until_complete(
+                    loop.connect_accepted_socket(asyncio.Protocol, stream, ssl_shutdown_timeout=1)
+                )
     finally:
         dgram.close()
         stream.close()

@@ -486,10 +486,11 @@ def test_close_clients_and_abort_clients(loop, loop_kind):
             ValueError,
             "ssl_handshake_timeout is only meaningful with ssl",
         ),
-        (
+        pytest.param(
             {"host": "127.0.0.1", "port": 0, "ssl_shutdown_timeout": 1},
             ValueError,
             "ssl_shutdown_timeout is only meaningful with ssl",
+            marks=pytest.mark.asyncio_since((3, 11)),
         ),
         ({}, ValueError, "Neither host/port nor sock were specified"),
         (
@@ -525,7 +526,12 @@ def test_create_server_bad_arguments(loop, kwargs, exc_type, message):
     [
         ({"path": "/nonexistent/x", "ssl": True}, TypeError, "ssl argument must be an"),
         ({"path": "/nonexistent/x", "ssl_handshake_timeout": 1}, ValueError, "ssl_handshake"),
-        ({"path": "/nonexistent/x", "ssl_shutdown_timeout": 1}, ValueError, "ssl_shutdown"),
+        pytest.param(
+            {"path": "/nonexistent/x", "ssl_shutdown_timeout": 1},
+            ValueError,
+            "ssl_shutdown",
+            marks=pytest.mark.asyncio_since((3, 11)),
+        ),
         ({}, ValueError, "path was not specified, and no sock specified"),
         (
             {"path": "/nonexistent/x", "sock": "UNIX"},

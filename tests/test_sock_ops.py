@@ -308,6 +308,7 @@ def test_sock_sendall_8mib_to_slow_reader(loop, sockpair):
 # --- datagrams -------------------------------------------------------------------------
 
 
+@pytest.mark.asyncio_since((3, 11))  # sock_sendto/sock_recvfrom*: asyncio 3.11+
 def test_sock_sendto_and_recvfrom(loop):
     with udp_pair() as (a, b):
 
@@ -323,6 +324,7 @@ def test_sock_sendto_and_recvfrom(loop):
         assert address == a.getsockname()
 
 
+@pytest.mark.asyncio_since((3, 11))  # sock_sendto/sock_recvfrom*: asyncio 3.11+
 def test_sock_recvfrom_into(loop):
     with udp_pair() as (a, b):
         buf = bytearray(64)
@@ -344,6 +346,7 @@ def test_sock_recvfrom_into(loop):
 
 
 @pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback")
+@pytest.mark.asyncio_since((3, 11))  # sock_sendto/sock_recvfrom*: asyncio 3.11+
 def test_sock_recvfrom_ipv6_address(loop):
     with udp_pair(socket.AF_INET6, "::1") as (a, b):
 
@@ -358,6 +361,7 @@ def test_sock_recvfrom_ipv6_address(loop):
         assert len(address) == 4
 
 
+@pytest.mark.asyncio_since((3, 11))  # sock_sendto/sock_recvfrom*: asyncio 3.11+
 def test_sock_recvfrom_unix_datagram_addresses(loop, tmp_path):
     a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     b = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -531,6 +535,7 @@ def test_sock_recv_closed_socket(loop):
 # --- argument checks ----------------------------------------------------------------
 
 
+@pytest.mark.asyncio_since((3, 11))  # sock_sendto/sock_recvfrom*: asyncio 3.11+
 def test_blocking_socket_in_debug_mode(loop, sockpair):
     a, b = sockpair
     loop.set_debug(True)
@@ -725,6 +730,7 @@ def test_socket_closed_while_sock_recv_waits(loop):
         assert run(loop, main()) == b"not yours"
 
 
+@pytest.mark.asyncio_since((3, 11))  # sock_sendto/sock_recvfrom*: asyncio 3.11+
 def test_sock_sendto_address_forms(loop):
     with udp_pair() as (a, b):
         port = b.getsockname()[1]
@@ -743,6 +749,7 @@ def test_sock_sendto_address_forms(loop):
         assert received == [b"numeric", b"by name", b"view"]
 
 
+@pytest.mark.asyncio_since((3, 11))  # sock_sendto/sock_recvfrom*: asyncio 3.11+
 def test_sock_sendto_errors(loop):
     with udp_pair() as (a, b):
         with pytest.raises(TypeError):
@@ -755,6 +762,7 @@ def test_sock_sendto_errors(loop):
 
 
 @pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback")
+@pytest.mark.asyncio_since((3, 11))  # sock_sendto/sock_recvfrom*: asyncio 3.11+
 def test_sock_sendto_ipv6_tuple_lengths(loop):
     with udp_pair(socket.AF_INET6, "::1") as (a, b):
         port = b.getsockname()[1]

@@ -15,6 +15,15 @@ from asyncio import sslproto
 from ._stream import make_socket_transport
 
 
+def _timeouts(handshake, shutdown):
+    """SSLProtocol's timeout keywords. Python 3.10's SSLProtocol has no shutdown timeout
+    (asyncio 3.10 has no such argument either), so it is passed only when given."""
+    timeouts = {"ssl_handshake_timeout": handshake}
+    if shutdown is not None:
+        timeouts["ssl_shutdown_timeout"] = shutdown
+    return timeouts
+
+
 def make_ssl_transport(
     loop,
     sock,
@@ -40,8 +49,7 @@ def make_ssl_transport(
         waiter,
         server_side,
         server_hostname,
-        ssl_handshake_timeout=ssl_handshake_timeout,
-        ssl_shutdown_timeout=ssl_shutdown_timeout,
+        **_timeouts(ssl_handshake_timeout, ssl_shutdown_timeout),
     )
     make_socket_transport(loop, sock, tls, extra=extra, server=server)
     return tls._app_transport
@@ -78,9 +86,8 @@ class TlsMixin:
             waiter,
             server_side,
             server_hostname,
-            ssl_handshake_timeout=ssl_handshake_timeout,
-            ssl_shutdown_timeout=ssl_shutdown_timeout,
             call_connection_made=False,
+            **_timeouts(ssl_handshake_timeout, ssl_shutdown_timeout),
         )
         # Paused first, so no byte reaches the TLS protocol before connection_made.
         transport.pause_reading()
