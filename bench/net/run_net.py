@@ -1,7 +1,8 @@
 """Network benchmarks: asyncio, uvloop, ferroloop and a pure-Rust ceiling, alternately.
 
-    python bench/net/run_net.py [--quick] [--markdown] [--reps N] [--duration S]
-        [--filter 'proto 1KiB,http'] [--loops asyncio,uvloop,ferroloop] [--json-out FILE]
+    python bench/net/run_net.py [--suite net|udp|tls|spawn|all] [--quick] [--markdown]
+        [--reps N] [--duration S] [--filter 'proto 1KiB,http'] [--loops asyncio,uvloop,ferroloop]
+        [--json-out FILE]
 
 Builds the load generator (``bench/loadgen``) and the Rust echo server (the
 ``ferroloop-core`` example) with cargo, starts one server process per loop (``servers.py``)
@@ -13,6 +14,10 @@ group and is killed on the way out. Only loopback addresses are used.
 For every scenario it reports the median requests/s over the repetitions with the ratio to
 uvloop, and the server's CPU time per 1000 responses (from /proc/PID/stat, over the
 measured window only) with the ratio to the Rust ceiling. See bench/net/README.md.
+
+Suites: ``net`` (TCP echo and HTTP, the default), ``udp`` (datagram echo), ``tls`` (TLS echo
+and HTTPS, driven by ``tls_client.py``), ``spawn`` (``spawn_bench.py``, one process per loop
+and repetition), ``all``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import platform
 import resource
 import selectors
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -38,16 +44,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 SERVERS = HERE / "servers.py"
+TLS_CLIENT = HERE / "tls_client.py"
+SPAWN_BENCH = HERE / "spawn_bench.py"
 RUST = "rust"
 ECHO_KINDS = ["proto", "bufproto", "streams", "sockets"]
-SIZES = {"1KiB": 1024, "10KiB": 10 * 1024, "100KiB": 100 * 1024}
+SIZES = {"64B": 64, "1KiB": 1024, "10KiB": 10 * 1024, "100KiB": 100 * 1024}
+SUITES = ["net", "udp", "tls", "spawn"]
+SPAWN_TIMEOUT = 300.0
 CONCURRENCY = [1, 10, 100]
 START_TIMEOUT = 60.0
 
 
 @dataclass
 class Scenario:
-    kind: str  # an echo kind, or "http"
+    kind: str  # an echo kind, "http", "udp", "proto+tls" or "http+tls"
     size_name: str
     conns: int
 
@@ -56,15 +66,64 @@ class Scenario:
         return SIZES[self.size_name]
 
     @property
+    def server_kind(self) -> str:
+        return self.kind.removesuffix("+tls")
+
+    @property
+    def tls(self) -> bool:
+        return self.kind.endswith("+tls")
+
+    @property
+    def suite(self) -> str:
+        return "tls" if self.tls else "udp" if self.kind == "udp" else "net"
+
+    @property
     def mode(self) -> str:
-        return "http" if self.kind == "http" else "echo"
+        if self.server_kind in ("http", "udp"):
+            return self.server_kind
+        return "echo"
 
     @property
     def name(self) -> str:
         return f"{self.kind} {self.size_name} c{self.conns}"
 
 
-def all_scenarios(quick: bool) -> list[Scenario]:
+def udp_scenarios(quick: bool) -> list[Scenario]:
+    if quick:
+        return [Scenario("udp", size, conns) for size in ("64B", "1KiB") for conns in (1, 10)]
+    return [Scenario("udp", size, conns) for size in ("64B", "1KiB") for conns in CONCURRENCY]
+
+
+def tls_scenarios(quick: bool) -> list[Scenario]:
+    if quick:
+        return [
+            Scenario("proto+tls", "1KiB", 10),
+            Scenario("proto+tls", "10KiB", 10),
+            Scenario("proto+tls", "100KiB", 10),
+            Scenario("http+tls", "1KiB", 10),
+        ]
+    out = [
+        Scenario("proto+tls", size, conns)
+        for size in ("1KiB", "10KiB", "100KiB")
+        for conns in (1, 10)
+    ]
+    out += [Scenario("http+tls", "1KiB", conns) for conns in CONCURRENCY]
+    return out
+
+
+def all_scenarios(quick: bool, suites: list[str] | None = None) -> list[Scenario]:
+    suites = suites or ["net"]
+    out: list[Scenario] = []
+    if "net" in suites:
+        out += net_scenarios(quick)
+    if "udp" in suites:
+        out += udp_scenarios(quick)
+    if "tls" in suites:
+        out += tls_scenarios(quick)
+    return out
+
+
+def net_scenarios(quick: bool) -> list[Scenario]:
     if quick:
         return [
             Scenario("proto", "1KiB", 1),
@@ -96,8 +155,8 @@ class Cell:
         values = [r[key] for r in self.runs if r.get(key) is not None]
         return statistics.median(values) if values else None
 
-    def spread(self) -> float | None:
-        values = [r["rps"] for r in self.runs]
+    def spread(self, key: str = "rps") -> float | None:
+        values = [r[key] for r in self.runs]
         if len(values) < 2 or not statistics.median(values):
             return None
         return (max(values) - min(values)) / statistics.median(values)
@@ -178,15 +237,21 @@ class Server:
         self.addr: str | None = None
         self.error: str | None = None
         self.stderr = tempfile.TemporaryFile(mode="a+b")  # O_APPEND: reads do not move writes
+        self.tls = kind.endswith("+tls")
+        # With TLS the server writes its CA certificate here; the client trusts only that.
+        self.ca = str(args.tmpdir / f"ca-{loop}-{kind}.pem") if self.tls else None
 
     def command(self) -> list[str]:
         if self.loop == RUST:
             return [str(self.args.echo_server), "--addr", "127.0.0.1:0"]
         spec = self.args.loop_specs[self.loop]
-        cmd = [self.args.python, str(SERVERS), "--loop", spec, "--kind", self.kind]
+        kind = self.kind.removesuffix("+tls")
+        cmd = [self.args.python, str(SERVERS), "--loop", spec, "--kind", kind]
         cmd += ["--addr", "127.0.0.1:0"]
-        if self.kind == "http" and self.args.httptools:
+        if kind == "http" and self.args.httptools:
             cmd += ["--parser", "httptools"]
+        if self.tls:
+            cmd += ["--tls", "--ca-out", str(self.ca)]
         return cmd
 
     def start(self) -> bool:
@@ -254,7 +319,10 @@ class Server:
 
 
 def client_cpu(sc: Scenario, args: argparse.Namespace) -> int | None:
-    """Where the load generator runs: see --placement."""
+    """Where the load generator runs: see --placement. The TLS client (Python, one thread
+    per connection) always runs on the other CPU unless --placement colocate."""
+    if sc.tls and args.placement != "colocate":
+        return args.client_cpu
     if args.placement == "colocate" or (args.placement == "auto" and sc.conns == 1):
         return args.server_cpu
     return args.client_cpu
@@ -264,8 +332,12 @@ def run_load(server: Server, sc: Scenario, args: argparse.Namespace) -> dict:
     """Runs the load generator once against a ready server; returns its result."""
     assert server.proc is not None and server.addr is not None
     stall = max(1.0, 0.5 * (args.warmup + args.duration))
+    if sc.tls:
+        client = [args.python, str(TLS_CLIENT), "--ca", str(server.ca)]
+    else:
+        client = [str(args.loadgen)]
     cmd = [
-        str(args.loadgen),
+        *client,
         "--mode",
         sc.mode,
         "--addr",
@@ -283,7 +355,7 @@ def run_load(server: Server, sc: Scenario, args: argparse.Namespace) -> dict:
         "--server-pid",
         str(server.proc.pid),
     ]
-    timeout = args.warmup + args.duration + stall + 30
+    timeout = args.warmup + args.duration + stall + 30 + (sc.conns * 0.2 if sc.tls else 0)
     busy0, srv0, kids0, t0 = (
         busy_seconds(),
         cpu_seconds(server.proc.pid),
@@ -396,7 +468,7 @@ def run_kind(
             servers[loop] = server
             if not server.start():
                 log(f"  {loop} {kind}: {server.error}")
-        if rust is not None and kind != "http":
+        if rust is not None and kind in ECHO_KINDS:
             servers[RUST] = rust
         columns = [c for c in args.columns if c in servers]
         for sc in scenarios:
@@ -445,33 +517,106 @@ def fmt_rate(value: float) -> str:
     return f"{value:.0f}"
 
 
+def format_table(title: str, header: list[str], rows: list[list[str]], markdown: bool) -> list:
+    lines = [title, ""]
+    if markdown:
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
+        for row in rows:
+            lines.append("| " + " | ".join(row) + " |")
+    else:
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            cells_ = [row[0].ljust(widths[0])]
+            cells_ += [v.rjust(w) for v, w in zip(row[1:], widths[1:], strict=True)]
+            lines.append("  ".join(cells_))
+    lines.append("")
+    return lines
+
+
+SUITE_TITLES = {
+    "net": ("Requests/s", "the load generator"),
+    "udp": ("UDP echo: datagrams/s", "the load generator"),
+    "tls": ("TLS: requests/s", "the TLS client (tls_client.py)"),
+}
+
+
 def render(
     scenarios: list[Scenario],
     cells: dict[tuple[str, str], Cell],
     args: argparse.Namespace,
     markdown: bool,
 ) -> str:
-    columns = args.columns
     ref = args.ref
     lines: list[str] = []
     failures: list[tuple[str, str, str]] = []
 
-    def table(title: str, header: list[str], rows: list[list[str]]) -> None:
-        lines.append(title)
+    for suite, (unit, client) in SUITE_TITLES.items():
+        group = [sc for sc in scenarios if sc.suite == suite]
+        if group:
+            lines += render_group(group, cells, args, markdown, unit, client, failures)
+    spawn_rows = [row for row, _ in SPAWN_ROWS if any(k[0] == row for k in cells)]
+    if spawn_rows:
+        rows = []
+        for row, _ in SPAWN_ROWS:
+            if row not in spawn_rows:
+                continue
+            ref_value = cells.get((row, ref), Cell()).median("value")
+            out, spreads = [row], []
+            for loop in args.loop_specs:
+                cell = cells.get((row, loop))
+                if cell is None:
+                    out.append("n/a")
+                elif cell.fail is not None:
+                    out.append("fail")
+                    failures.append((loop, row, cell.fail))
+                elif (value := cell.median("value")) is None:
+                    out.append("-")
+                else:
+                    if (spread := cell.spread("value")) is not None:
+                        spreads.append(spread)
+                    ratio = f" ({value / ref_value:.2f})" if ref_value else ""
+                    out.append(f"{value:.0f}{ratio}")
+            out.append(f"{max(spreads) * 100:.0f}%" if spreads else "")
+            rows.append(out)
+        lines += format_table(
+            f"Subprocesses, median of {args.reps} (ratio to {ref}); higher is better",
+            ["benchmark", *args.loop_specs, "spread"],
+            rows,
+            markdown,
+        )
+    if failures:
+        lines.append("Failures:")
         lines.append("")
-        if markdown:
-            lines.append("| " + " | ".join(header) + " |")
-            lines.append("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
-            for row in rows:
-                lines.append("| " + " | ".join(row) + " |")
-        else:
-            widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-            for row in [header, *rows]:
-                cells_ = [row[0].ljust(widths[0])]
-                cells_ += [v.rjust(w) for v, w in zip(row[1:], widths[1:], strict=True)]
-                lines.append("  ".join(cells_))
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for loop, name, reason in failures:
+            grouped.setdefault((loop, reason), []).append(name)
+        for (loop, reason), names in grouped.items():
+            lines.append(f"- {loop} in {', '.join(names)}: {reason}")
         lines.append("")
+    noise = [r["noise_cores"] for r in args.raw if "noise_cores" in r]
+    if noise:
+        lines.append(
+            f"Other processes' CPU use during kept runs: median {statistics.median(noise):.2f}"
+            f" cores, max {max(noise):.2f}."
+        )
+    return "\n".join(lines)
 
+
+def render_group(
+    scenarios: list[Scenario],
+    cells: dict[tuple[str, str], Cell],
+    args: argparse.Namespace,
+    markdown: bool,
+    unit: str,
+    client: str,
+    failures: list[tuple[str, str, str]],
+) -> list[str]:
+    """The rate and CPU tables of one suite's scenarios."""
+    ref = args.ref
+    has_rust = any(sc.kind in ECHO_KINDS for sc in scenarios)
+    columns = [c for c in args.columns if c != RUST or has_rust]
+    lines: list[str] = []
     rps_rows, cpu_rows = [], []
     for sc in scenarios:
         rps_row, cpu_row = [sc.name], [sc.name]
@@ -480,7 +625,7 @@ def render(
         spreads = []
         for loop in columns:
             cell = cells.get((sc.name, loop))
-            if cell is None or (loop == RUST and sc.kind == "http"):
+            if cell is None or (loop == RUST and sc.kind not in ECHO_KINDS):
                 rps_row.append("n/a")
                 cpu_row.append("n/a")
                 continue
@@ -511,38 +656,100 @@ def render(
         rps_rows.append(rps_row)
         cpu_rows.append(cpu_row)
 
-    table(
-        f"Requests/s, median of {args.reps} (ratio to {ref});"
+    lines += format_table(
+        f"{unit}, median of {args.reps} (ratio to {ref});"
         " spread = (max-min)/median of the worst loop",
         ["scenario", *columns, "spread"],
         rps_rows,
+        markdown,
     )
     lines.append(
-        "! = the load generator used 90% or more of its CPU: the client may be the limit, so"
+        f"! = {client} used 90% or more of its CPU: the client may be the limit, so"
         " the server can do at least this much."
     )
     lines.append("")
-    table(
-        "Server CPU ms per 1000 responses, median (ratio to the Rust ceiling); lower is better",
+    ceiling = " (ratio to the Rust ceiling)" if has_rust else ""
+    lines += format_table(
+        f"Server CPU ms per 1000 responses, median{ceiling}; lower is better",
         ["scenario", *columns],
         cpu_rows,
+        markdown,
     )
-    if failures:
-        lines.append("Failures:")
-        lines.append("")
-        grouped: dict[tuple[str, str], list[str]] = {}
-        for loop, name, reason in failures:
-            grouped.setdefault((loop, reason), []).append(name)
-        for (loop, reason), names in grouped.items():
-            lines.append(f"- {loop} in {', '.join(names)}: {reason}")
-        lines.append("")
-    noise = [r["noise_cores"] for r in args.raw if "noise_cores" in r]
-    if noise:
-        lines.append(
-            f"Other processes' CPU use during kept runs: median {statistics.median(noise):.2f}"
-            f" cores, max {max(noise):.2f}."
-        )
-    return "\n".join(lines)
+    return lines
+
+
+# -- the spawn suite ---------------------------------------------------------------------
+
+# (row name, what it reports): the rows of the subprocess table.
+SPAWN_ROWS = [
+    ("spawn true (spawns/s)", "spawns_per_s"),
+    ("cat 4MiB pipe (MiB/s)", "cat_mib_s"),
+]
+
+
+def run_spawn(args: argparse.Namespace, cells: dict[tuple[str, str], Cell]) -> None:
+    """Runs spawn_bench.py once per loop and repetition, rotating the order."""
+    loops = list(args.loop_specs)
+    for rep in range(args.reps):
+        shift = rep % len(loops)
+        for loop in loops[shift:] + loops[:shift]:
+            if any(cells.get((row, loop), Cell()).fail for row, _ in SPAWN_ROWS):
+                continue
+            result = run_spawn_once(loop, args)
+            result.update(loop=loop, scenario="spawn", rep=rep)
+            args.raw.append(result)
+            for row, key in SPAWN_ROWS:
+                cell = cells.setdefault((row, loop), Cell())
+                if result.get("ok"):
+                    cell.runs.append({"value": result[key], "noise_cores": result["noise_cores"]})
+                else:
+                    cell.fail = result.get("reason") or result.get("error") or "failed"
+            if result.get("ok"):
+                log(
+                    f"  spawn {loop:<10} {result['spawns_per_s']:>7.0f} spawns/s"
+                    f" {result['cat_mib_s']:>7.0f} MiB/s through cat"
+                    f"  noise {result['noise_cores']:.2f}"
+                )
+            else:
+                log(f"  spawn {loop:<10} FAIL {cells[(SPAWN_ROWS[0][0], loop)].fail}")
+
+
+def run_spawn_once(loop: str, args: argparse.Namespace) -> dict:
+    cmd = [args.python, str(SPAWN_BENCH), "--loop", args.loop_specs[loop]]
+    cmd += ["--spawns", str(args.spawns), "--pipes", str(args.pipes)]
+    cmd += ["--timeout", str(SPAWN_TIMEOUT)]
+    busy0, kids0, t0 = busy_seconds(), children_cpu(), time.time()
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=pinner(args.server_cpu),
+        cwd=ROOT,
+    )
+    _live.append(proc)
+    try:
+        out, err = proc.communicate(timeout=SPAWN_TIMEOUT + 30)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        return {"ok": False, "reason": f"spawn_bench timed out after {SPAWN_TIMEOUT + 30:.0f} s"}
+    except BaseException:
+        kill_group(proc, grace=0.5)
+        raise
+    kill_group(proc, grace=0.5)  # and anything it left behind in its group
+    elapsed = time.time() - t0
+    ours = children_cpu() - kids0
+    noise = max(0.0, (busy_seconds() - busy0 - ours) / elapsed) if elapsed > 0 else 0.0
+    try:
+        result = json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        reason = err.decode(errors="replace").strip()[-300:] or f"exit status {proc.returncode}"
+        return {"ok": False, "reason": f"spawn_bench: {reason}"}
+    result["noise_cores"] = round(noise, 3)
+    if not result.get("ok"):
+        result["reason"] = result.get("error") or f"exit status {proc.returncode}"
+    return result
 
 
 def parse_args() -> argparse.Namespace:
@@ -554,7 +761,14 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--ref", default="uvloop", help="loop the req/s ratios refer to")
     p.add_argument("--no-rust", action="store_true", help="skip the Rust ceiling server")
+    p.add_argument(
+        "--suite",
+        default="net",
+        help="comma-separated: net (TCP echo, HTTP; the default), udp, tls, spawn, or all",
+    )
     p.add_argument("--quick", action="store_true", help="a subset of scenarios, 3 reps, 1 s")
+    p.add_argument("--spawns", type=int, default=300, help="spawn suite: `true` runs per rep")
+    p.add_argument("--pipes", type=int, default=30, help="spawn suite: 4 MiB `cat` runs per rep")
     p.add_argument("--reps", type=int, help="repetitions per scenario and loop (5; quick 3)")
     p.add_argument("--duration", type=float, help="measured seconds per run (2; quick 1)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per run (0.5; quick 0.3)")
@@ -585,6 +799,12 @@ def parse_args() -> argparse.Namespace:
         help="other processes' CPU use (in cores) above which a run is retried",
     )
     args = p.parse_args()
+    suites = [w.strip() for w in args.suite.split(",") if w.strip()]
+    args.suites = SUITES if "all" in suites else suites
+    if not args.suites or any(w not in SUITES for w in args.suites):
+        p.error(f"--suite: comma-separated {', '.join(SUITES)} or all")
+    if args.spawns < 1 or args.pipes < 1:
+        p.error("--spawns and --pipes must be at least 1")
     args.reps = args.reps or (3 if args.quick else 5)
     args.duration = args.duration or (1.0 if args.quick else 2.0)
     args.warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 0.5)
@@ -605,6 +825,8 @@ def parse_args() -> argparse.Namespace:
     else:
         args.server_cpu = args.client_cpu = None
     args.raw = []
+    args.tmpdir = Path(tempfile.mkdtemp(prefix="ferroloop-net-"))
+    atexit.register(shutil.rmtree, args.tmpdir, ignore_errors=True)
     return args
 
 
@@ -613,11 +835,13 @@ def main() -> int:
     atexit.register(kill_all)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: sys.exit(130))
-    scenarios = all_scenarios(args.quick)
+    scenarios = all_scenarios(args.quick, args.suites)
+    spawn = "spawn" in args.suites
     if args.filter:
         wanted = [w.strip() for w in args.filter.split(",") if w.strip()]
         scenarios = [s for s in scenarios if any(w in s.name for w in wanted)]
-    if not scenarios:
+        spawn = spawn and any(w in "spawn" for w in wanted)
+    if not scenarios and not spawn:
         log("no scenario matches --filter")
         return 1
     build(args)
@@ -629,7 +853,8 @@ def main() -> int:
     ).stdout.strip()
     started = datetime.datetime.now(datetime.timezone.utc)
     log(
-        f"{len(scenarios)} scenarios x {len(args.columns)} servers x {args.reps} reps,"
+        f"suites {','.join(args.suites)}:"
+        f" {len(scenarios)} scenarios x {len(args.columns)} servers x {args.reps} reps,"
         f" {args.warmup}+{args.duration} s each; server CPU {args.server_cpu},"
         f" client CPU {args.client_cpu} (placement {args.placement}); Python {version}"
     )
@@ -637,7 +862,7 @@ def main() -> int:
     rust = None
     interrupted = False
     try:
-        if not args.no_rust and any(s.kind != "http" for s in scenarios):
+        if not args.no_rust and any(s.kind in ECHO_KINDS for s in scenarios):
             rust = Server(RUST, "echo", args, args.server_cpu)
             if not rust.start():
                 log(f"  rust: {rust.error}")
@@ -652,6 +877,9 @@ def main() -> int:
                 args,
                 cells,
             )
+        if spawn:
+            log(f"== spawn ({args.spawns} x true, {args.pipes} x 4 MiB through cat)")
+            run_spawn(args, cells)
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: reporting what was measured")
@@ -660,12 +888,19 @@ def main() -> int:
             rust.stop()
         kill_all()
 
-    header = (
-        f"{started:%Y-%m-%d %H:%M} UTC, Python {version}, {platform.machine()},"
-        f" {os.cpu_count()} CPUs (server on CPU {args.server_cpu}, load generator on CPU"
-        f" {args.client_cpu}, placement {args.placement}); {args.reps} reps x {args.duration} s"
-        f" (+{args.warmup} s warm-up)"
-    )
+    header = f"{started:%Y-%m-%d %H:%M} UTC, Python {version}, {platform.machine()}"
+    header += f", {os.cpu_count()} CPUs"
+    if scenarios:
+        header += (
+            f" (server on CPU {args.server_cpu}, load generator on CPU {args.client_cpu},"
+            f" placement {args.placement}); {args.reps} reps x {args.duration} s"
+            f" (+{args.warmup} s warm-up)"
+        )
+    if spawn:
+        header += (
+            f"; spawn: {args.reps} reps of {args.spawns} x true and {args.pipes} x 4 MiB"
+            f" through cat, pinned to CPU {args.server_cpu}"
+        )
     print(header)
     print()
     print(render(scenarios, cells, args, args.markdown))

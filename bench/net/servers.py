@@ -1,12 +1,14 @@
 """Benchmark servers for ferroloop's network benchmarks, one per process.
 
     python bench/net/servers.py --loop asyncio|uvloop|ferroloop|MODULE:FACTORY \\
-        --kind proto|bufproto|streams|sockets|http --addr 127.0.0.1:PORT
+        --kind proto|bufproto|streams|sockets|http|udp --addr 127.0.0.1:PORT \
+        [--tls [--ca-out FILE]]
 
 Prints ``ready HOST:PORT LOOPCLASS`` on stdout once it listens (PORT 0 picks a free port and
-the line names the chosen one), then serves until killed. A failure to start (a loop that
-cannot be imported, a method that raises NotImplementedError) is printed to stderr as
-``error: ...`` and the process exits with status 3.
+the line names the chosen one), then serves until killed. With ``--tls`` the line ends with
+`` ca=FILE``: the PEM file of the CA that signed the server's certificate. A failure to
+start (a loop that cannot be imported, a method that raises NotImplementedError) is printed
+to stderr as ``error: ...`` and the process exits with status 3.
 
 Kinds:
 
@@ -20,23 +22,36 @@ Kinds:
   (or ``httptools`` with ``--parser httptools``, when installed). Every request runs in its
   own Task, as ASGI servers do. ``GET /N`` answers ``N`` bytes (1024 when the path has no
   number, at most 16 MiB).
+* ``udp``: ``asyncio.DatagramProtocol`` from ``loop.create_datagram_endpoint``;
+  ``datagram_received`` sends the datagram back to its sender with ``sendto``. The socket's
+  receive buffer is raised to 4 MiB (``SO_RCVBUF``, up to ``net.core.rmem_max``).
 
-Only loopback addresses are accepted. Uses the standard library only.
+``--tls`` (``proto`` and ``http`` only): the server is ``create_server(..., ssl=CTX)``
+with a certificate for 127.0.0.1 and ::1 from a throw-away CA made at start with
+``trustme`` (which must be installed). The CA is written to ``--ca-out FILE``, or to a
+temporary file removed at a normal exit.
+
+Only loopback addresses are accepted. Uses the standard library only (and ``trustme`` for
+``--tls``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import importlib
 import ipaddress
+import os
 import socket
 import sys
+import tempfile
 import traceback
 
 READ_SIZE = 256 * 1024
 MAX_BODY = 16 * 1024 * 1024
 MAX_HEAD = 64 * 1024
+UDP_RCVBUF = 4 * 1024 * 1024  # capped by net.core.rmem_max
 
 
 def load_loop_factory(spec: str):
@@ -78,6 +93,18 @@ class EchoProtocol(asyncio.Protocol):
 
     def eof_received(self):
         return False  # close the transport
+
+
+class UdpEchoProtocol(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data, addr)
+
+    def error_received(self, exc):
+        # ICMP errors (a client socket already closed) are not server errors.
+        pass
 
 
 class EchoBufferedProtocol(asyncio.BufferedProtocol):
@@ -287,8 +314,37 @@ def parse_addr(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def start(kind: str, host: str, port: int, parser: str):
+def make_tls_context(ca_out: str | None) -> tuple:
+    """A server SSLContext with a fresh trustme certificate; returns (context, CA path)."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "::1", "localhost")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    if ca_out:
+        path = ca_out
+    else:
+        fd, path = tempfile.mkstemp(prefix="ferroloop-bench-ca-", suffix=".pem")
+        os.close(fd)
+        atexit.register(lambda: os.path.exists(path) and os.unlink(path))
+    ca.cert_pem.write_to_path(path)
+    return context, path
+
+
+async def start(kind: str, host: str, port: int, parser: str, ssl_context=None):
     loop = asyncio.get_running_loop()
+    if kind == "udp":
+        transport, _protocol = await loop.create_datagram_endpoint(
+            UdpEchoProtocol, local_addr=(host, port)
+        )
+        # With 100 clients x 1 KiB in flight the default receive buffer (~208 KiB, ~3 KiB
+        # of it per queued datagram) overflows and the kernel drops datagrams.
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+        return transport.get_extra_info("sockname"), transport
     if kind == "sockets":
         return await serve_sockets(loop, host, port)
     if kind == "streams":
@@ -304,7 +360,7 @@ async def start(kind: str, host: str, port: int, parser: str):
             factory = HttptoolsProtocol
         else:
             factory = HttpProtocol
-        server = await loop.create_server(factory, host, port, backlog=1024)
+        server = await loop.create_server(factory, host, port, backlog=1024, ssl=ssl_context)
     return server.sockets[0].getsockname(), server
 
 
@@ -323,8 +379,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--loop", default="asyncio")
     parser.add_argument(
-        "--kind", required=True, choices=["proto", "bufproto", "streams", "sockets", "http"]
+        "--kind",
+        required=True,
+        choices=["proto", "bufproto", "streams", "sockets", "http", "udp"],
     )
+    parser.add_argument("--tls", action="store_true", help="TLS (proto and http kinds)")
+    parser.add_argument("--ca-out", help="with --tls: write the CA certificate (PEM) here")
     parser.add_argument("--addr", default="127.0.0.1:0")
     parser.add_argument("--parser", choices=["builtin", "httptools"], default="builtin")
     args = parser.parse_args()
@@ -333,6 +393,9 @@ def main() -> int:
         host, port = parse_addr(args.addr)
         if args.parser == "httptools":
             import httptools  # noqa: F401  (fail early and clearly)
+        if args.tls and args.kind not in ("proto", "http"):
+            raise ValueError(f"--tls works with the proto and http kinds, not {args.kind}")
+        ssl_context, ca_path = make_tls_context(args.ca_out) if args.tls else (None, None)
         loop = load_loop_factory(args.loop)()
     except Exception as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
@@ -340,7 +403,9 @@ def main() -> int:
     asyncio.set_event_loop(loop)
     loop.set_exception_handler(report_exception)
     try:
-        sockname, _keep = loop.run_until_complete(start(args.kind, host, port, args.parser))
+        sockname, _keep = loop.run_until_complete(
+            start(args.kind, host, port, args.parser, ssl_context)
+        )
     except BaseException as exc:
         traceback.print_exc(file=sys.stderr)
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -348,7 +413,10 @@ def main() -> int:
         where = f" (raised in {frames[-1].name})" if frames else ""
         print(f"error: {text or type(exc).__name__}{where}", file=sys.stderr, flush=True)
         return 3
-    print(f"ready {sockname[0]}:{sockname[1]} {type(loop).__module__}.{type(loop).__name__}")
+    ready = f"ready {sockname[0]}:{sockname[1]} {type(loop).__module__}.{type(loop).__name__}"
+    if ca_path:
+        ready += f" ca={ca_path}"
+    print(ready)
     sys.stdout.flush()
     try:
         loop.run_forever()

@@ -1,7 +1,9 @@
 //! `loadgen`: a closed-loop load generator for ferroloop's network benchmarks.
 //!
 //! Every connection keeps exactly one request in flight: it sends a request, waits for the
-//! complete reply, checks it, and sends the next one. Connections are spread over
+//! complete reply, checks it, and sends the next one. In UDP mode a "connection" is a
+//! connected UDP socket with one datagram in flight; a reply that does not come within
+//! `--stall` seconds (a lost datagram) is an error, like a stalled TCP connection. Connections are spread over
 //! `--threads` threads, each with one level-triggered `ferroloop_core::poll::Poller`.
 //! After `--warmup` seconds, replies completed during the next `--duration` seconds are
 //! counted and their latencies recorded; the result is one JSON object on stdout.
@@ -10,6 +12,7 @@
 //! loadgen --mode echo --addr 127.0.0.1:25000 -c 10 -s 1k -d 2 -w 0.5
 //! loadgen --mode echo --unix /tmp/echo.sock -c 1 -s 100k
 //! loadgen --mode http --addr 127.0.0.1:8080 -c 100 -s 1k --server-pid 1234
+//! loadgen --mode udp --addr 127.0.0.1:25001 -c 10 -s 64
 //! ```
 //!
 //! Exit status: 0 for a clean run, 2 when there were errors or no replies were counted,
@@ -30,13 +33,15 @@ use hist::Histogram;
 use worker::{Outcome, Stream};
 
 const USAGE: &str = "\
-usage: loadgen [--mode echo|http] (--addr HOST:PORT | --unix PATH) [options]
+usage: loadgen [--mode echo|http|udp] (--addr HOST:PORT | --unix PATH) [options]
 
-  --mode echo|http     echo: send SIZE bytes, expect them back; http: GET /SIZE, expect a
-                       200 response with Content-Length SIZE (default echo)
-  --addr HOST:PORT     loopback TCP address of the server
+  --mode echo|http|udp echo: send SIZE bytes, expect them back; http: GET /SIZE, expect a
+                       200 response with Content-Length SIZE; udp: send one SIZE-byte
+                       datagram, expect the same datagram back (default echo)
+  --addr HOST:PORT     loopback TCP (UDP for --mode udp) address of the server
   --unix PATH          Unix stream socket of the server (echo or http)
-  -c, --connections N  connections, each with one request in flight (default 10)
+  -c, --connections N  connections (UDP: sockets), each with one request in flight
+                       (default 10)
   -t, --threads N      client threads (default 1)
   -s, --size N         message / body size: 1024, 1k, 10KiB, 1m ... (default 1k)
   -d, --duration S     measured seconds (default 5)
@@ -49,7 +54,21 @@ usage: loadgen [--mode echo|http] (--addr HOST:PORT | --unix PATH) [options]
 pub enum Mode {
     Echo,
     Http,
+    Udp,
 }
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Echo => "echo",
+            Mode::Http => "http",
+            Mode::Udp => "udp",
+        }
+    }
+}
+
+/// The largest UDP payload over IPv4.
+const MAX_DATAGRAM: usize = 65_507;
 
 #[derive(Clone, Debug)]
 pub enum Target {
@@ -172,7 +191,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
                 options.mode = match value()?.as_str() {
                     "echo" => Mode::Echo,
                     "http" => Mode::Http,
-                    other => return Err(format!("--mode: echo or http, not {other:?}")),
+                    "udp" => Mode::Udp,
+                    other => return Err(format!("--mode: echo, http or udp, not {other:?}")),
                 }
             }
             "--addr" => options.target = Some(Target::Tcp(loopback_addr(&value()?)?)),
@@ -202,6 +222,16 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
     }
     if options.stall <= 0.0 {
         return Err("--stall must be above 0".into());
+    }
+    if options.mode == Mode::Udp {
+        if matches!(options.target, Some(Target::Unix(_))) {
+            return Err("--mode udp needs --addr, not --unix".into());
+        }
+        if options.size > MAX_DATAGRAM {
+            return Err(format!(
+                "--mode udp: size must be at most {MAX_DATAGRAM} bytes"
+            ));
+        }
     }
     options.threads = options.threads.min(options.connections);
     Ok(options)
@@ -292,7 +322,7 @@ fn main() -> ExitCode {
     // Connect everything first, so connection set-up is neither measured nor warm-up.
     let mut per_thread: Vec<Vec<(u32, Stream)>> = (0..options.threads).map(|_| vec![]).collect();
     for id in 0..options.connections {
-        match Stream::connect(&target) {
+        match Stream::connect(&target, options.mode) {
             Ok(stream) => per_thread[id % options.threads].push((id as u32, stream)),
             Err(e) => return fatal(&target_text, &format!("connect {target_text}: {e}")),
         }
@@ -358,10 +388,7 @@ fn main() -> ExitCode {
             "\"error_samples\": [{}], \"client_cpu_s\": {}, \"server_cpu_s\": {}}}"
         ),
         ok,
-        json_string(match options.mode {
-            Mode::Echo => "echo",
-            Mode::Http => "http",
-        }),
+        json_string(options.mode.name()),
         json_string(&target_text),
         options.connections,
         options.threads,
@@ -415,6 +442,12 @@ mod tests {
             parse_args(args("--addr 10.1.2.3:80")).is_err(),
             "loopback only"
         );
+
+        let options = parse_args(args("--mode udp --addr 127.0.0.1:9 -s 64")).unwrap();
+        assert_eq!(options.mode, Mode::Udp);
+        assert!(parse_args(args("--mode udp --unix /tmp/x")).is_err());
+        assert!(parse_args(args("--mode udp --addr 127.0.0.1:9 -s 64k")).is_err());
+        assert!(parse_args(args("--mode udp --addr 127.0.0.1:9 -s 65507")).is_ok());
     }
 
     #[test]

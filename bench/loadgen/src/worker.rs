@@ -1,7 +1,7 @@
 //! One client thread: its connections, one poller, one shared read buffer.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -20,16 +20,28 @@ const MAX_WAIT: Duration = Duration::from_millis(50);
 /// Error messages kept per thread.
 const MAX_SAMPLES: usize = 5;
 
-/// A connected, non-blocking stream socket.
+/// A connected, non-blocking socket: a stream, or a UDP socket connected to the server
+/// (one `send` is one datagram, one `recv` one datagram).
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Udp(UdpSocket),
 }
 
 impl Stream {
     /// Connects (blocking, bounded for TCP), then switches to non-blocking mode.
-    pub fn connect(target: &Target) -> io::Result<Stream> {
+    pub fn connect(target: &Target, mode: Mode) -> io::Result<Stream> {
         let stream = match target {
+            Target::Tcp(addr) if mode == Mode::Udp => {
+                let local: SocketAddr = if addr.is_ipv4() {
+                    ([127, 0, 0, 1], 0).into()
+                } else {
+                    (std::net::Ipv6Addr::LOCALHOST, 0).into()
+                };
+                let socket = UdpSocket::bind(local)?;
+                socket.connect(addr)?;
+                Stream::Udp(socket)
+            }
             Target::Tcp(addr) => {
                 let stream = TcpStream::connect_timeout(addr, Duration::from_secs(5))?;
                 stream.set_nodelay(true)?;
@@ -40,6 +52,7 @@ impl Stream {
         match &stream {
             Stream::Tcp(s) => s.set_nonblocking(true)?,
             Stream::Unix(s) => s.set_nonblocking(true)?,
+            Stream::Udp(s) => s.set_nonblocking(true)?,
         }
         Ok(stream)
     }
@@ -48,6 +61,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Udp(s) => s.as_raw_fd(),
         }
     }
 
@@ -55,6 +69,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
+            Stream::Udp(s) => s.recv(buf),
         }
     }
 
@@ -63,6 +78,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
+            Stream::Udp(s) => s.send(buf),
         }
     }
 }
@@ -125,14 +141,14 @@ type Step = Result<(), String>;
 impl Conn {
     fn expected_len(&self, mode: Mode) -> Option<usize> {
         match mode {
-            Mode::Echo => Some(self.out.len()),
+            Mode::Echo | Mode::Udp => Some(self.out.len()),
             Mode::Http => self.total,
         }
     }
 
     fn begin(&mut self, config: &Config, pattern: &Pattern, now: Instant) -> Step {
         match config.mode {
-            Mode::Echo => pattern.fill(self.id, self.counter, &mut self.out),
+            Mode::Echo | Mode::Udp => pattern.fill(self.id, self.counter, &mut self.out),
             Mode::Http => {
                 if self.out.is_empty() {
                     self.out = http::request(config.size);
@@ -151,6 +167,9 @@ impl Conn {
         while self.sent < self.out.len() {
             match self.stream.write(&self.out[self.sent..]) {
                 Ok(0) => return Err("send returned 0".into()),
+                Ok(n) if matches!(self.stream, Stream::Udp(_)) && n != self.out.len() => {
+                    return Err(format!("sent {n} of a {}-byte datagram", self.out.len()))
+                }
                 Ok(n) => self.sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -167,6 +186,22 @@ impl Conn {
                 payload::verify(&self.out, self.received, chunk)
                     .map_err(|e| format!("connection {} request {}: {e}", self.id, self.counter))?;
                 self.received += chunk.len();
+            }
+            Mode::Udp => {
+                // A datagram is the whole reply: anything but the request's exact bytes is
+                // wrong (a reply to an earlier request carries an earlier counter).
+                if chunk.len() != self.out.len() {
+                    return Err(format!(
+                        "socket {} request {}: {}-byte datagram for a {}-byte request",
+                        self.id,
+                        self.counter,
+                        chunk.len(),
+                        self.out.len()
+                    ));
+                }
+                payload::verify(&self.out, 0, chunk)
+                    .map_err(|e| format!("socket {} request {}: {e}", self.id, self.counter))?;
+                self.received = chunk.len();
             }
             Mode::Http => {
                 if self.total.is_none() {
@@ -325,6 +360,9 @@ fn handle(
     }
     // One read per report: level triggering brings us back when more is waiting.
     let n = match conn.stream.read(buffer) {
+        Ok(0) if matches!(conn.stream, Stream::Udp(_)) => {
+            return Err(format!("socket {}: empty datagram", conn.id))
+        }
         Ok(0) => {
             return Err(format!(
                 "connection {}: closed by the server ({} of {} bytes sent, {} received)",
