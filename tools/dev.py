@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 # Tools the build and the tests need; pinned so a fresh clone builds the same way.
 DEV_REQUIREMENTS = ["maturin>=1.9,<2", "pytest>=8,<10", "ruff==0.14.*", "trustme>=1,<2"]
-BENCH_REQUIREMENTS = ["uvloop"]
+BENCH_REQUIREMENTS = ["uvloop", "matplotlib", "trustme>=1,<2"]
 
 
 def venv_python() -> Path:
