@@ -28,15 +28,15 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 
 use pyo3::exceptions::{
-    PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PyOSError, PySystemExit,
-    PyTypeError, PyValueError,
+    PyBlockingIOError, PyInterruptedError, PyOSError, PyTypeError, PyValueError,
 };
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyMemoryView, PyString, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
+use super::lifecycle::{is_exit, FlowControl, TransportCore, WriteFlow};
 use super::write_buffer::send;
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
@@ -46,8 +46,6 @@ const MAX_READ_SIZE: usize = 256 * 1024;
 /// Datagrams read per readiness event at most; the rest wait for the next iteration so
 /// one busy socket cannot starve the loop.
 const MAX_DATAGRAMS_PER_WAKEUP: usize = 32;
-/// Default high-water mark of the write queue, in bytes (asyncio's).
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 /// After this many sends on a lost connected endpoint, each further one logs a warning.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
@@ -77,10 +75,7 @@ struct DatagramState {
     queue: VecDeque<Queued>,
     /// Bytes queued, plus the per-datagram header allowance on Python 3.13+.
     buffer_size: usize,
-    high_water: usize,
-    low_water: usize,
-    /// pause_writing() was called and resume_writing() not yet.
-    protocol_paused: bool,
+    flow: FlowControl,
     /// close() or a fatal error started closing; no more reading.
     closing: bool,
     /// pause_reading() was called.
@@ -103,8 +98,8 @@ pub struct DatagramCore {
     state: GilCell<DatagramState>,
 }
 
-fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+fn clone_of(py: Python<'_>, obj: &Option<Py<PyAny>>) -> Option<Py<PyAny>> {
+    obj.as_ref().map(|o| o.clone_ref(py))
 }
 
 fn is_not_ready(py: Python<'_>, err: &PyErr) -> bool {
@@ -352,23 +347,33 @@ fn sockaddr_to_py(
         .unbind())
 }
 
-impl DatagramCore {
+impl TransportCore for DatagramCore {
+    fn raw_fd(&self) -> RawFd {
+        self.fd
+    }
+
     fn loop_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state
-            .borrow_mut(py)
-            .event_loop
-            .as_ref()
-            .map(|l| l.clone_ref(py))
+        clone_of(py, &self.state.borrow_mut(py).event_loop)
+    }
+
+    fn owner(&self, py: Python<'_>) -> Py<PyAny> {
+        clone_of(py, &self.state.borrow_mut(py).owner).unwrap_or_else(|| py.None())
     }
 
     fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state
-            .borrow_mut(py)
-            .protocol
-            .as_ref()
-            .map(|p| p.clone_ref(py))
+        clone_of(py, &self.state.borrow_mut(py).protocol)
     }
+}
 
+impl WriteFlow for DatagramCore {
+    fn with_flow<R>(&self, py: Python<'_>, f: impl FnOnce(&mut FlowControl, usize) -> R) -> R {
+        let mut state = self.state.borrow_mut(py);
+        let queued = state.buffer_size;
+        f(&mut state.flow, queued)
+    }
+}
+
+impl DatagramCore {
     fn sock_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.state
             .borrow_mut(py)
@@ -377,46 +382,9 @@ impl DatagramCore {
             .map(|s| s.clone_ref(py))
     }
 
-    /// `loop.<method>(fd, bound method of self)`, when the loop is still attached.
-    fn watch(slf: &Bound<'_, Self>, method: &Bound<'_, PyString>, callback: &str) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        if let Some(event_loop) = this.loop_obj(py) {
-            let callback = slf.getattr(callback)?;
-            event_loop.call_method1(py, method, (this.fd, callback))?;
-        }
-        Ok(())
-    }
-
-    fn unwatch(&self, py: Python<'_>, method: &Bound<'_, PyString>) -> PyResult<()> {
-        if let Some(event_loop) = self.loop_obj(py) {
-            event_loop.call_method1(py, method, (self.fd,))?;
-        }
-        Ok(())
-    }
-
     fn error_received(&self, py: Python<'_>, err: PyErr) -> PyResult<()> {
         if let Some(protocol) = self.protocol(py) {
             protocol.call_method1(py, intern!(py, "error_received"), (err.into_value(py),))?;
-        }
-        Ok(())
-    }
-
-    fn add_transport_context(&self, py: Python<'_>, context: &Bound<'_, PyDict>) -> PyResult<()> {
-        let owner = self
-            .state
-            .borrow_mut(py)
-            .owner
-            .as_ref()
-            .map(|o| o.clone_ref(py));
-        context.set_item("transport", owner)?;
-        context.set_item("protocol", self.protocol(py))?;
-        Ok(())
-    }
-
-    fn report(&self, py: Python<'_>, context: Bound<'_, PyDict>) -> PyResult<()> {
-        if let Some(event_loop) = self.loop_obj(py) {
-            event_loop.call_method1(py, intern!(py, "call_exception_handler"), (context,))?;
         }
         Ok(())
     }
@@ -428,16 +396,11 @@ impl DatagramCore {
         if is_exit(py, &err) {
             return Err(err);
         }
-        let this = slf.get();
-        let exc = err.into_value(py);
+        let exc = err.into_value(py).into_any();
         if !exc.bind(py).is_instance_of::<PyOSError>() {
-            let context = PyDict::new(py);
-            context.set_item("message", message)?;
-            context.set_item("exception", exc.clone_ref(py))?;
-            this.add_transport_context(py, &context)?;
-            this.report(py, context)?;
+            slf.get().report_error(py, message, &exc)?;
         }
-        Self::force_close(slf, Some(exc.into_any()))
+        Self::force_close(slf, Some(exc))
     }
 
     fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
@@ -473,61 +436,6 @@ impl DatagramCore {
             event_loop.call_method1(py, intern!(py, "call_soon"), (callback, exc))?;
         }
         Ok(())
-    }
-
-    fn notify_protocol(
-        slf: &Bound<'_, Self>,
-        name: &Bound<'_, PyString>,
-        message: &str,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let Some(protocol) = this.protocol(py) else {
-            return Ok(());
-        };
-        match protocol.call_method0(py, name) {
-            Ok(_) => Ok(()),
-            Err(err) if is_exit(py, &err) => Err(err),
-            Err(err) => {
-                let context = PyDict::new(py);
-                context.set_item("message", message)?;
-                context.set_item("exception", err.into_value(py))?;
-                this.add_transport_context(py, &context)?;
-                this.report(py, context)
-            }
-        }
-    }
-
-    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        {
-            let mut state = slf.get().state.borrow_mut(py);
-            if state.buffer_size <= state.high_water || state.protocol_paused {
-                return Ok(());
-            }
-            state.protocol_paused = true;
-        }
-        Self::notify_protocol(
-            slf,
-            intern!(py, "pause_writing"),
-            "protocol.pause_writing() failed",
-        )
-    }
-
-    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        {
-            let mut state = slf.get().state.borrow_mut(py);
-            if !state.protocol_paused || state.buffer_size > state.low_water {
-                return Ok(());
-            }
-            state.protocol_paused = false;
-        }
-        Self::notify_protocol(
-            slf,
-            intern!(py, "resume_writing"),
-            "protocol.resume_writing() failed",
-        )
     }
 
     /// One `recvfrom`, in Rust for the families whose addresses Rust builds.
@@ -697,9 +605,7 @@ impl DatagramCore {
                 address,
                 queue: VecDeque::new(),
                 buffer_size: 0,
-                high_water: DEFAULT_HIGH_WATER,
-                low_water: DEFAULT_HIGH_WATER / 4,
-                protocol_paused: false,
+                flow: FlowControl::default(),
                 closing: false,
                 reading_paused: false,
                 conn_lost: 0,
@@ -834,7 +740,7 @@ impl DatagramCore {
             });
             state.buffer_size += size;
         }
-        Self::maybe_pause_protocol(slf)
+        this.maybe_pause_protocol(py)
     }
 
     /// Called by the loop when the fd is writable and datagrams are queued.
@@ -872,7 +778,7 @@ impl DatagramCore {
                 }
             }
         }
-        Self::maybe_resume_protocol(slf)?;
+        this.maybe_resume_protocol(py)?;
         let (drained, closing) = {
             let state = this.state.borrow_mut(py);
             (state.queue.is_empty(), state.closing)
@@ -980,35 +886,17 @@ impl DatagramCore {
     /// Sets the water marks (asyncio's defaults and checks); may pause the protocol.
     #[pyo3(signature = (high = None, low = None))]
     fn set_write_buffer_limits(
-        slf: &Bound<'_, Self>,
+        &self,
+        py: Python<'_>,
         high: Option<Bound<'_, PyAny>>,
         low: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let high: Option<i64> = high.map(|h| h.extract()).transpose()?;
-        let low: Option<i64> = low.map(|l| l.extract()).transpose()?;
-        let high = high.unwrap_or_else(|| match low {
-            Some(low) => low.saturating_mul(4),
-            None => DEFAULT_HIGH_WATER as i64,
-        });
-        let low = low.unwrap_or(high.div_euclid(4));
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
-        {
-            let mut state = slf.get().state.borrow_mut(py);
-            state.high_water = high as usize;
-            state.low_water = low as usize;
-        }
-        Self::maybe_pause_protocol(slf)
+        self.set_water_marks(py, high, low)
     }
 
     /// `(low, high)` water marks.
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        let state = self.state.borrow_mut(py);
-        (state.low_water, state.high_water)
+        self.state.borrow_mut(py).flow.limits()
     }
 
     /// Bytes queued and not yet sent (plus 8 per datagram on Python 3.13+).
@@ -1058,7 +946,7 @@ impl DatagramCore {
     /// True between pause_writing() and resume_writing().
     #[getter]
     fn _protocol_paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow_mut(py).protocol_paused
+        self.state.borrow_mut(py).flow.paused
     }
 
     /// A short description for the owner's repr: `fd=6 read=polling write=<idle, bufsize=0>`.

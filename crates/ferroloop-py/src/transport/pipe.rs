@@ -25,20 +25,19 @@
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyTypeError};
 use pyo3::ffi;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString};
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 
-use super::stream::{is_exit, READ_BUFFER};
+use super::lifecycle::{asyncio_logger, is_exit, FlowControl, TransportCore, WriteFlow};
+use super::stream::READ_BUFFER;
 use super::write_buffer::{would_block, write_fd, WriteBuffer};
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 
-/// Default high-water mark of the write queue, in bytes (asyncio's).
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 /// After this many writes on a closed pipe, each further write logs a warning.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
@@ -77,12 +76,6 @@ fn clone_of(py: Python<'_>, obj: &Option<Py<PyAny>>) -> Option<Py<PyAny>> {
     obj.as_ref().map(|o| o.clone_ref(py))
 }
 
-/// `logging.getLogger("asyncio")`.
-fn logger(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    py.import("logging")?
-        .call_method1("getLogger", ("asyncio",))
-}
-
 fn loop_debug(py: Python<'_>, event_loop: &Py<PyAny>) -> PyResult<bool> {
     event_loop
         .call_method0(py, intern!(py, "get_debug"))?
@@ -98,26 +91,8 @@ fn loop_closed(py: Python<'_>, event_loop: &Py<PyAny>) -> PyResult<bool> {
 /// Logs `"<transport repr> was closed by peer"` in debug mode, as asyncio does.
 fn log_closed_by_peer(py: Python<'_>, event_loop: &Py<PyAny>, owner: Py<PyAny>) -> PyResult<()> {
     if loop_debug(py, event_loop)? {
-        logger(py)?.call_method1("info", ("%r was closed by peer", owner))?;
+        asyncio_logger(py)?.call_method1("info", ("%r was closed by peer", owner))?;
     }
-    Ok(())
-}
-
-/// `loop.call_exception_handler({...})` with the transport's context.
-fn report(
-    py: Python<'_>,
-    event_loop: &Py<PyAny>,
-    message: &str,
-    exc: &Py<PyAny>,
-    owner: Py<PyAny>,
-    protocol: Option<Py<PyAny>>,
-) -> PyResult<()> {
-    let context = PyDict::new(py);
-    context.set_item("message", message)?;
-    context.set_item("exception", exc)?;
-    context.set_item("transport", owner)?;
-    context.set_item("protocol", protocol)?;
-    event_loop.call_method1(py, intern!(py, "call_exception_handler"), (context,))?;
     Ok(())
 }
 
@@ -184,7 +159,11 @@ pub struct ReadPipeCore {
     state: GilCell<ReadPipeState>,
 }
 
-impl ReadPipeCore {
+impl TransportCore for ReadPipeCore {
+    fn raw_fd(&self) -> RawFd {
+        self.fd
+    }
+
     fn loop_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         clone_of(py, &self.state.borrow_mut(py).attached.event_loop)
     }
@@ -196,24 +175,22 @@ impl ReadPipeCore {
     fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         clone_of(py, &self.state.borrow_mut(py).attached.protocol)
     }
+}
 
+impl ReadPipeCore {
     fn add_reader(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if let Some(event_loop) = this.loop_obj(py) {
-            let callback = slf.getattr(intern!(py, "_read_ready"))?;
-            event_loop.call_method1(py, intern!(py, "_add_reader"), (this.fd, callback))?;
+        if this.loop_obj(py).is_some() {
+            Self::watch(slf, intern!(py, "_add_reader"), "_read_ready")?;
             this.state.borrow_mut(py).watched = true;
         }
         Ok(())
     }
 
     fn remove_reader(&self, py: Python<'_>) -> PyResult<()> {
-        let was_watched = std::mem::replace(&mut self.state.borrow_mut(py).watched, false);
-        if was_watched {
-            if let Some(event_loop) = self.loop_obj(py) {
-                event_loop.call_method1(py, intern!(py, "_remove_reader"), (self.fd,))?;
-            }
+        if std::mem::replace(&mut self.state.borrow_mut(py).watched, false) {
+            self.unwatch(py, intern!(py, "_remove_reader"))?;
         }
         Ok(())
     }
@@ -266,28 +243,7 @@ impl ReadPipeCore {
                     .unwrap_or(None)
                     == Some(libc::EIO)
         };
-        if let Some(event_loop) = this.loop_obj(py) {
-            if is_eio {
-                if loop_debug(py, &event_loop)? {
-                    let kwargs = PyDict::new(py);
-                    kwargs.set_item("exc_info", exc.clone_ref(py))?;
-                    logger(py)?.call_method(
-                        "debug",
-                        ("%r: %s", this.owner(py), message),
-                        Some(&kwargs),
-                    )?;
-                }
-            } else {
-                report(
-                    py,
-                    &event_loop,
-                    message,
-                    &exc,
-                    this.owner(py),
-                    this.protocol(py),
-                )?;
-            }
-        }
+        this.report_fatal(py, &exc, message, is_eio)?;
         Self::close_with(slf, Some(exc))
     }
 
@@ -532,10 +488,7 @@ impl ReadPipeCore {
 struct WritePipeState {
     attached: Attachments,
     buffer: WriteBuffer,
-    high_water: usize,
-    low_water: usize,
-    /// pause_writing() was called and resume_writing() not yet.
-    protocol_paused: bool,
+    flow: FlowControl,
     /// close() or write_eof() was called, or the pipe failed.
     closing: bool,
     /// Writes that failed or came after the pipe was lost.
@@ -615,7 +568,11 @@ fn data_of(data: &Bound<'_, PyAny>) -> PyResult<Data> {
     )))
 }
 
-impl WritePipeCore {
+impl TransportCore for WritePipeCore {
+    fn raw_fd(&self) -> RawFd {
+        self.fd
+    }
+
     fn loop_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         clone_of(py, &self.state.borrow_mut(py).attached.event_loop)
     }
@@ -627,24 +584,17 @@ impl WritePipeCore {
     fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         clone_of(py, &self.state.borrow_mut(py).attached.protocol)
     }
+}
 
-    fn watch(slf: &Bound<'_, Self>, method: &Bound<'_, PyString>, callback: &str) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        if let Some(event_loop) = this.loop_obj(py) {
-            let callback = slf.getattr(callback)?;
-            event_loop.call_method1(py, method, (this.fd, callback))?;
-        }
-        Ok(())
+impl WriteFlow for WritePipeCore {
+    fn with_flow<R>(&self, py: Python<'_>, f: impl FnOnce(&mut FlowControl, usize) -> R) -> R {
+        let mut state = self.state.borrow_mut(py);
+        let queued = state.buffer.len();
+        f(&mut state.flow, queued)
     }
+}
 
-    fn unwatch(&self, py: Python<'_>, method: &Bound<'_, PyString>) -> PyResult<()> {
-        if let Some(event_loop) = self.loop_obj(py) {
-            event_loop.call_method1(py, method, (self.fd,))?;
-        }
-        Ok(())
-    }
-
+impl WritePipeCore {
     fn remove_writer(&self, py: Python<'_>) -> PyResult<()> {
         if std::mem::replace(&mut self.state.borrow_mut(py).writer_watched, false) {
             self.unwatch(py, intern!(py, "_remove_writer"))?;
@@ -666,67 +616,6 @@ impl WritePipeCore {
         Ok(())
     }
 
-    /// Calls pause_writing() when the queue went above the high-water mark.
-    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        {
-            let mut state = slf.get().state.borrow_mut(py);
-            if state.buffer.len() <= state.high_water || state.protocol_paused {
-                return Ok(());
-            }
-            state.protocol_paused = true;
-        }
-        Self::notify_protocol(
-            slf,
-            intern!(py, "pause_writing"),
-            "protocol.pause_writing() failed",
-        )
-    }
-
-    /// Calls resume_writing() when the queue drained to the low-water mark.
-    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        {
-            let mut state = slf.get().state.borrow_mut(py);
-            if !state.protocol_paused || state.buffer.len() > state.low_water {
-                return Ok(());
-            }
-            state.protocol_paused = false;
-        }
-        Self::notify_protocol(
-            slf,
-            intern!(py, "resume_writing"),
-            "protocol.resume_writing() failed",
-        )
-    }
-
-    fn notify_protocol(
-        slf: &Bound<'_, Self>,
-        name: &Bound<'_, PyString>,
-        message: &str,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let Some(protocol) = this.protocol(py) else {
-            return Ok(());
-        };
-        match protocol.call_method0(py, name) {
-            Ok(_) => Ok(()),
-            Err(err) if is_exit(py, &err) => Err(err),
-            Err(err) => match this.loop_obj(py) {
-                Some(event_loop) => report(
-                    py,
-                    &event_loop,
-                    message,
-                    &err.into_value(py).into_any(),
-                    this.owner(py),
-                    Some(protocol),
-                ),
-                None => Ok(()),
-            },
-        }
-    }
-
     /// asyncio's `_fatal_error`: OS errors are only logged in debug mode, anything else
     /// goes to the exception handler; then the pipe closes with `exc`.
     fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
@@ -736,28 +625,8 @@ impl WritePipeCore {
             return Err(err);
         }
         let exc: Py<PyAny> = err.into_value(py).into_any();
-        if let Some(event_loop) = this.loop_obj(py) {
-            if exc.bind(py).is_instance_of::<PyOSError>() {
-                if loop_debug(py, &event_loop)? {
-                    let kwargs = PyDict::new(py);
-                    kwargs.set_item("exc_info", exc.clone_ref(py))?;
-                    logger(py)?.call_method(
-                        "debug",
-                        ("%r: %s", this.owner(py), message),
-                        Some(&kwargs),
-                    )?;
-                }
-            } else {
-                report(
-                    py,
-                    &event_loop,
-                    message,
-                    &exc,
-                    this.owner(py),
-                    this.protocol(py),
-                )?;
-            }
-        }
+        let is_os_error = exc.bind(py).is_instance_of::<PyOSError>();
+        this.report_fatal(py, &exc, message, is_os_error)?;
         Self::close_with(slf, Some(exc))
     }
 
@@ -801,7 +670,7 @@ impl WritePipeCore {
     fn count_lost_write(&self, py: Python<'_>) -> PyResult<()> {
         let count = self.state.borrow_mut(py).conn_lost;
         if count >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
-            logger(py)?.call_method1(
+            asyncio_logger(py)?.call_method1(
                 "warning",
                 ("pipe closed by peer or os.write(pipe, data) raised exception.",),
             )?;
@@ -835,9 +704,7 @@ impl WritePipeCore {
             state: GilCell::new(WritePipeState {
                 attached: Attachments::new(pipe, owner, event_loop, protocol),
                 buffer: WriteBuffer::default(),
-                high_water: DEFAULT_HIGH_WATER,
-                low_water: DEFAULT_HIGH_WATER / 4,
-                protocol_paused: false,
+                flow: FlowControl::default(),
                 closing: false,
                 conn_lost: 0,
                 lost: false,
@@ -929,7 +796,7 @@ impl WritePipeCore {
             }
         }
         drop(data);
-        Self::maybe_pause_protocol(slf)
+        this.maybe_pause_protocol(py)
     }
 
     /// Writes every buffer of `list_of_data`, in order, with one `writev` when possible.
@@ -992,7 +859,7 @@ impl WritePipeCore {
             }
             Self::add_writer(slf)?;
         }
-        Self::maybe_pause_protocol(slf)
+        this.maybe_pause_protocol(py)
     }
 
     /// Called by the loop when the fd is writable and output is queued.
@@ -1030,7 +897,7 @@ impl WritePipeCore {
         }
         this.remove_writer(py)?;
         // May write more (and queue it again).
-        Self::maybe_resume_protocol(slf)?;
+        this.maybe_resume_protocol(py)?;
         let finish = {
             let mut state = this.state.borrow_mut(py);
             let finish = state.closing && !state.lost && state.buffer.is_empty();
@@ -1137,35 +1004,17 @@ impl WritePipeCore {
     /// Sets the water marks (asyncio's defaults and checks); may pause the protocol.
     #[pyo3(signature = (high = None, low = None))]
     fn set_write_buffer_limits(
-        slf: &Bound<'_, Self>,
+        &self,
+        py: Python<'_>,
         high: Option<Bound<'_, PyAny>>,
         low: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let high: Option<i64> = high.map(|h| h.extract()).transpose()?;
-        let low: Option<i64> = low.map(|l| l.extract()).transpose()?;
-        let high = high.unwrap_or_else(|| match low {
-            Some(low) => low.saturating_mul(4),
-            None => DEFAULT_HIGH_WATER as i64,
-        });
-        let low = low.unwrap_or(high.div_euclid(4));
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
-        {
-            let mut state = slf.get().state.borrow_mut(py);
-            state.high_water = high as usize;
-            state.low_water = low as usize;
-        }
-        Self::maybe_pause_protocol(slf)
+        self.set_water_marks(py, high, low)
     }
 
     /// `(low, high)` water marks.
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        let state = self.state.borrow_mut(py);
-        (state.low_water, state.high_water)
+        self.state.borrow_mut(py).flow.limits()
     }
 
     /// Bytes queued and not yet written.
@@ -1176,7 +1025,7 @@ impl WritePipeCore {
     /// True between pause_writing() and resume_writing().
     #[getter]
     fn _protocol_paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow_mut(py).protocol_paused
+        self.state.borrow_mut(py).flow.paused
     }
 
     /// Switches the protocol that receives events.

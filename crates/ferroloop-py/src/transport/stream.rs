@@ -18,23 +18,20 @@
 use std::cell::RefCell;
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{
-    PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
-};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 
+use super::lifecycle::{is_exit, FlowControl, TransportCore, WriteFlow};
 use super::write_buffer::{send, would_block, WriteBuffer};
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 
 /// Bytes one `recv` asks for at most (asyncio's `max_size`).
 const MAX_READ_SIZE: usize = 256 * 1024;
-/// Default high-water mark of the write buffer, in bytes (asyncio's).
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 /// After this many writes on a lost connection, each further write logs a warning.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
@@ -64,10 +61,7 @@ struct StreamState {
     receiver: Option<Receiver>,
     server: Option<Py<PyAny>>,
     buffer: WriteBuffer,
-    high_water: usize,
-    low_water: usize,
-    /// pause_writing() was called and resume_writing() not yet.
-    protocol_paused: bool,
+    flow: FlowControl,
     /// close() or a fatal error started closing; no more reading.
     closing: bool,
     /// write_eof() was called.
@@ -105,9 +99,8 @@ fn receiver_for(protocol: &Bound<'_, PyAny>) -> PyResult<Receiver> {
     }
 }
 
-/// True for `KeyboardInterrupt` and `SystemExit`, which always propagate.
-pub(crate) fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+fn clone_of(py: Python<'_>, obj: &Option<Py<PyAny>>) -> Option<Py<PyAny>> {
+    obj.as_ref().map(|o| o.clone_ref(py))
 }
 
 /// What `_read_ready` got from the socket.
@@ -119,138 +112,42 @@ enum ReadOutcome {
     Failed(std::io::Error),
 }
 
-impl StreamCore {
+impl TransportCore for StreamCore {
+    fn raw_fd(&self) -> RawFd {
+        self.fd
+    }
+
     fn loop_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state
-            .borrow_mut(py)
-            .event_loop
-            .as_ref()
-            .map(|l| l.clone_ref(py))
+        clone_of(py, &self.state.borrow_mut(py).event_loop)
     }
 
     fn owner(&self, py: Python<'_>) -> Py<PyAny> {
-        self.state
-            .borrow_mut(py)
-            .owner
-            .as_ref()
-            .map(|o| o.clone_ref(py))
-            .unwrap_or_else(|| py.None())
+        clone_of(py, &self.state.borrow_mut(py).owner).unwrap_or_else(|| py.None())
     }
 
-    /// `loop.<method>(fd, bound method of self)`, when the loop is still attached.
-    fn watch(
-        slf: &Bound<'_, Self>,
-        method: &Bound<'_, pyo3::types::PyString>,
-        callback: &str,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        if let Some(event_loop) = this.loop_obj(py) {
-            let callback = slf.getattr(callback)?;
-            event_loop.call_method1(py, method, (this.fd, callback))?;
-        }
-        Ok(())
+    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        clone_of(py, &self.state.borrow_mut(py).protocol)
     }
+}
 
-    fn unwatch(&self, py: Python<'_>, method: &Bound<'_, pyo3::types::PyString>) -> PyResult<()> {
-        if let Some(event_loop) = self.loop_obj(py) {
-            event_loop.call_method1(py, method, (self.fd,))?;
-        }
-        Ok(())
+impl WriteFlow for StreamCore {
+    fn with_flow<R>(&self, py: Python<'_>, f: impl FnOnce(&mut FlowControl, usize) -> R) -> R {
+        let mut state = self.state.borrow_mut(py);
+        let queued = state.buffer.len();
+        f(&mut state.flow, queued)
     }
+}
 
+impl StreamCore {
     fn call_protocol(
         &self,
         py: Python<'_>,
         name: &Bound<'_, pyo3::types::PyString>,
     ) -> PyResult<Option<Py<PyAny>>> {
-        let protocol = self
-            .state
-            .borrow_mut(py)
-            .protocol
-            .as_ref()
-            .map(|p| p.clone_ref(py));
-        match protocol {
+        match self.protocol(py) {
             Some(protocol) => Ok(Some(protocol.call_method0(py, name)?)),
             None => Ok(None),
         }
-    }
-
-    /// Calls pause_writing() when the queue went above the high-water mark.
-    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        {
-            let mut state = this.state.borrow_mut(py);
-            if state.buffer.len() <= state.high_water || state.protocol_paused {
-                return Ok(());
-            }
-            state.protocol_paused = true;
-        }
-        Self::notify_protocol(
-            slf,
-            intern!(py, "pause_writing"),
-            "protocol.pause_writing() failed",
-        )
-    }
-
-    /// Calls resume_writing() when the queue drained to the low-water mark.
-    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        {
-            let mut state = this.state.borrow_mut(py);
-            if !state.protocol_paused || state.buffer.len() > state.low_water {
-                return Ok(());
-            }
-            state.protocol_paused = false;
-        }
-        Self::notify_protocol(
-            slf,
-            intern!(py, "resume_writing"),
-            "protocol.resume_writing() failed",
-        )
-    }
-
-    fn notify_protocol(
-        slf: &Bound<'_, Self>,
-        name: &Bound<'_, pyo3::types::PyString>,
-        message: &str,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        match slf.get().call_protocol(py, name) {
-            Ok(_) => Ok(()),
-            Err(err) if is_exit(py, &err) => Err(err),
-            Err(err) => {
-                let context = PyDict::new(py);
-                context.set_item("message", message)?;
-                context.set_item("exception", err.into_value(py))?;
-                Self::add_transport_context(slf, &context)?;
-                Self::report(slf, context)
-            }
-        }
-    }
-
-    fn add_transport_context(slf: &Bound<'_, Self>, context: &Bound<'_, PyDict>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let protocol = this
-            .state
-            .borrow_mut(py)
-            .protocol
-            .as_ref()
-            .map(|p| p.clone_ref(py));
-        context.set_item("transport", this.owner(py))?;
-        context.set_item("protocol", protocol)?;
-        Ok(())
-    }
-
-    fn report(slf: &Bound<'_, Self>, context: Bound<'_, PyDict>) -> PyResult<()> {
-        let py = slf.py();
-        if let Some(event_loop) = slf.get().loop_obj(py) {
-            event_loop.call_method1(py, intern!(py, "call_exception_handler"), (context,))?;
-        }
-        Ok(())
     }
 
     /// asyncio's `_fatal_error`: OS errors only close the transport; anything else is also
@@ -260,47 +157,10 @@ impl StreamCore {
         if is_exit(py, &err) {
             return Err(err);
         }
-        let exc = err.into_value(py);
-        if exc.bind(py).is_instance_of::<pyo3::exceptions::PyOSError>() {
-            Self::log_os_error_in_debug(slf, exc.bind(py).as_any(), message)?;
-        } else {
-            let context = PyDict::new(py);
-            context.set_item("message", message)?;
-            context.set_item("exception", exc.clone_ref(py))?;
-            Self::add_transport_context(slf, &context)?;
-            Self::report(slf, context)?;
-        }
-        Self::force_close(slf, Some(exc.into_any()))
-    }
-
-    /// asyncio logs OS errors on a transport only in debug mode, at DEBUG level.
-    fn log_os_error_in_debug(
-        slf: &Bound<'_, Self>,
-        exc: &Bound<'_, PyAny>,
-        message: &str,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        let Some(event_loop) = slf.get().loop_obj(py) else {
-            return Ok(());
-        };
-        if !event_loop
-            .call_method0(py, intern!(py, "get_debug"))?
-            .bind(py)
-            .is_truthy()?
-        {
-            return Ok(());
-        }
-        let logger = py
-            .import("logging")?
-            .call_method1("getLogger", ("asyncio",))?;
-        let kwargs = PyDict::new(py);
-        kwargs.set_item("exc_info", exc)?;
-        logger.call_method(
-            "debug",
-            ("%r: %s", slf.get().owner(py), message),
-            Some(&kwargs),
-        )?;
-        Ok(())
+        let exc = err.into_value(py).into_any();
+        let is_os_error = exc.bind(py).is_instance_of::<pyo3::exceptions::PyOSError>();
+        slf.get().report_fatal(py, &exc, message, is_os_error)?;
+        Self::force_close(slf, Some(exc))
     }
 
     fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
@@ -481,9 +341,7 @@ impl StreamCore {
                 receiver: Some(receiver),
                 server,
                 buffer: WriteBuffer::default(),
-                high_water: DEFAULT_HIGH_WATER,
-                low_water: DEFAULT_HIGH_WATER / 4,
-                protocol_paused: false,
+                flow: FlowControl::default(),
                 closing: false,
                 eof: false,
                 reading_paused: false,
@@ -630,7 +488,7 @@ impl StreamCore {
         if queue_empty {
             Self::watch(slf, intern!(py, "_add_writer"), "_write_ready")?;
         }
-        Self::maybe_pause_protocol(slf)
+        this.maybe_pause_protocol(py)
     }
 
     /// Writes every buffer of `list_of_data`, flushing them together.
@@ -681,7 +539,7 @@ impl StreamCore {
                 return Self::fatal_error(slf, err, "Fatal write error on socket transport");
             }
         }
-        Self::maybe_resume_protocol(slf)?;
+        this.maybe_resume_protocol(py)?;
         let (drained, closing, eof) = {
             let state = this.state.borrow_mut(py);
             (state.buffer.is_empty(), state.closing, state.eof)
@@ -824,36 +682,17 @@ impl StreamCore {
     /// Sets the water marks (asyncio's defaults and checks); may pause the protocol.
     #[pyo3(signature = (high = None, low = None))]
     fn set_write_buffer_limits(
-        slf: &Bound<'_, Self>,
+        &self,
+        py: Python<'_>,
         high: Option<Bound<'_, PyAny>>,
         low: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let high: Option<i64> = high.map(|h| h.extract()).transpose()?;
-        let low: Option<i64> = low.map(|l| l.extract()).transpose()?;
-        let high = high.unwrap_or_else(|| match low {
-            Some(low) => 4 * low,
-            None => DEFAULT_HIGH_WATER as i64,
-        });
-        // Floor division, as Python's `high // 4` (matters for negative values).
-        let low = low.unwrap_or(high.div_euclid(4));
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
-        {
-            let mut state = slf.get().state.borrow_mut(py);
-            state.high_water = high as usize;
-            state.low_water = low as usize;
-        }
-        Self::maybe_pause_protocol(slf)
+        self.set_water_marks(py, high, low)
     }
 
     /// `(low, high)` water marks.
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        let state = self.state.borrow_mut(py);
-        (state.low_water, state.high_water)
+        self.state.borrow_mut(py).flow.limits()
     }
 
     /// Bytes queued and not yet sent.
@@ -877,11 +716,7 @@ impl StreamCore {
 
     /// The current protocol.
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state
-            .borrow_mut(py)
-            .protocol
-            .as_ref()
-            .map(|p| p.clone_ref(py))
+        self.protocol(py)
     }
 
     /// Calls protocol.connection_lost(exc), closes the socket and detaches from the server.
@@ -1004,7 +839,7 @@ impl StreamCore {
     /// True between pause_writing() and resume_writing().
     #[getter]
     fn _protocol_paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow_mut(py).protocol_paused
+        self.state.borrow_mut(py).flow.paused
     }
 
     /// A short description for the owner's repr: `fd=6 read=polling write=<idle, bufsize=0>`.

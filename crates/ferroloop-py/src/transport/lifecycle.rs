@@ -1,0 +1,253 @@
+//! What every transport core shares: reaching the loop, the owner and the protocol,
+//! watching the fd, reporting errors as asyncio does, and write flow control
+//! (`pause_writing()`/`resume_writing()` around the water marks).
+//!
+//! Each core implements [`TransportCore`] with a few accessors over its own state; the
+//! provided methods are the shared behaviour. They follow the borrow rule of the loop:
+//! the state is borrowed only inside the accessors, never across a call into Python.
+
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::pyclass::boolean_struct::True;
+use pyo3::types::{PyDict, PyString};
+use pyo3::PyClass;
+
+/// Default high-water mark of a write queue, in bytes (asyncio's).
+pub(crate) const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+
+/// True for `KeyboardInterrupt` and `SystemExit`, which always propagate.
+pub(crate) fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+}
+
+/// `logging.getLogger("asyncio")`.
+pub(crate) fn asyncio_logger(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    py.import("logging")?
+        .call_method1("getLogger", ("asyncio",))
+}
+
+/// The water marks of a write queue and whether the protocol was paused for it.
+pub(crate) struct FlowControl {
+    /// Above this many queued bytes the protocol is paused.
+    pub(crate) high: usize,
+    /// At or below this many queued bytes a paused protocol is resumed.
+    pub(crate) low: usize,
+    /// pause_writing() was called and resume_writing() not yet.
+    pub(crate) paused: bool,
+}
+
+impl Default for FlowControl {
+    fn default() -> Self {
+        FlowControl {
+            high: DEFAULT_HIGH_WATER,
+            low: DEFAULT_HIGH_WATER / 4,
+            paused: false,
+        }
+    }
+}
+
+impl FlowControl {
+    /// `(low, high)`, as `get_write_buffer_limits()` returns them.
+    pub(crate) fn limits(&self) -> (usize, usize) {
+        (self.low, self.high)
+    }
+
+    /// True (and marks the protocol paused) when `queued` crossed the high-water mark.
+    fn should_pause(&mut self, queued: usize) -> bool {
+        if queued <= self.high || self.paused {
+            return false;
+        }
+        self.paused = true;
+        true
+    }
+
+    /// True (and marks the protocol resumed) when `queued` drained to the low-water mark.
+    fn should_resume(&mut self, queued: usize) -> bool {
+        if !self.paused || queued > self.low {
+            return false;
+        }
+        self.paused = false;
+        true
+    }
+}
+
+/// asyncio's `_set_write_buffer_limits`: the defaults (`high` 64 KiB or `4 * low`,
+/// `low` `high // 4`) and the check `high >= low >= 0`. Returns `(high, low)`.
+pub(crate) fn water_marks(
+    high: Option<Bound<'_, PyAny>>,
+    low: Option<Bound<'_, PyAny>>,
+) -> PyResult<(usize, usize)> {
+    let high: Option<i64> = high.map(|h| h.extract()).transpose()?;
+    let low: Option<i64> = low.map(|l| l.extract()).transpose()?;
+    let high = high.unwrap_or_else(|| match low {
+        Some(low) => low.saturating_mul(4),
+        None => DEFAULT_HIGH_WATER as i64,
+    });
+    // Floor division, as Python's `high // 4` (matters for negative values).
+    let low = low.unwrap_or(high.div_euclid(4));
+    if !(high >= low && low >= 0) {
+        return Err(PyValueError::new_err(format!(
+            "high ({high}) must be >= low ({low}) must be >= 0"
+        )));
+    }
+    Ok((high as usize, low as usize))
+}
+
+/// The lifecycle every transport core shares. Implementors give access to their state;
+/// the provided methods are asyncio's common transport behaviour on top of it.
+pub(crate) trait TransportCore: PyClass<Frozen = True> + Sync {
+    /// The fd the loop watches for this transport.
+    fn raw_fd(&self) -> RawFd;
+
+    /// The loop, while the transport is attached to it.
+    fn loop_obj(&self, py: Python<'_>) -> Option<Py<PyAny>>;
+
+    /// The `asyncio` transport object users see, or None once connection_lost ran.
+    fn owner(&self, py: Python<'_>) -> Py<PyAny>;
+
+    /// The current protocol, while there is one.
+    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>>;
+
+    /// `loop.<method>(fd, <bound method `callback` of the core>)`, while attached.
+    fn watch(slf: &Bound<'_, Self>, method: &Bound<'_, PyString>, callback: &str) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if let Some(event_loop) = this.loop_obj(py) {
+            let callback = slf.as_any().getattr(callback)?;
+            event_loop.call_method1(py, method, (this.raw_fd(), callback))?;
+        }
+        Ok(())
+    }
+
+    /// `loop.<method>(fd)`, while attached.
+    fn unwatch(&self, py: Python<'_>, method: &Bound<'_, PyString>) -> PyResult<()> {
+        if let Some(event_loop) = self.loop_obj(py) {
+            event_loop.call_method1(py, method, (self.raw_fd(),))?;
+        }
+        Ok(())
+    }
+
+    /// `loop.call_exception_handler({message, exception, transport, protocol})`, while
+    /// attached.
+    fn report_error(&self, py: Python<'_>, message: &str, exc: &Py<PyAny>) -> PyResult<()> {
+        let Some(event_loop) = self.loop_obj(py) else {
+            return Ok(());
+        };
+        let context = PyDict::new(py);
+        context.set_item("message", message)?;
+        context.set_item("exception", exc)?;
+        context.set_item("transport", self.owner(py))?;
+        context.set_item("protocol", self.protocol(py))?;
+        event_loop.call_method1(py, intern!(py, "call_exception_handler"), (context,))?;
+        Ok(())
+    }
+
+    /// asyncio logs expected errors of a transport only in debug mode, at DEBUG level.
+    fn log_error_in_debug(
+        &self,
+        py: Python<'_>,
+        exc: &Bound<'_, PyAny>,
+        message: &str,
+    ) -> PyResult<()> {
+        let Some(event_loop) = self.loop_obj(py) else {
+            return Ok(());
+        };
+        if !event_loop
+            .call_method0(py, intern!(py, "get_debug"))?
+            .is_truthy(py)?
+        {
+            return Ok(());
+        }
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("exc_info", exc)?;
+        asyncio_logger(py)?.call_method(
+            "debug",
+            ("%r: %s", self.owner(py), message),
+            Some(&kwargs),
+        )?;
+        Ok(())
+    }
+
+    /// The reporting half of asyncio's `_fatal_error`: an expected error (`quiet`) is
+    /// logged in debug mode only, anything else goes to the exception handler.
+    fn report_fatal(
+        &self,
+        py: Python<'_>,
+        exc: &Py<PyAny>,
+        message: &str,
+        quiet: bool,
+    ) -> PyResult<()> {
+        if quiet {
+            self.log_error_in_debug(py, exc.bind(py), message)
+        } else {
+            self.report_error(py, message, exc)
+        }
+    }
+
+    /// Calls `protocol.<name>()`; a failure other than an exit goes to the exception
+    /// handler with `message`.
+    fn notify_protocol(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyString>,
+        message: &str,
+    ) -> PyResult<()> {
+        let Some(protocol) = self.protocol(py) else {
+            return Ok(());
+        };
+        match protocol.call_method0(py, name) {
+            Ok(_) => Ok(()),
+            Err(err) if is_exit(py, &err) => Err(err),
+            Err(err) => self.report_error(py, message, &err.into_value(py).into_any()),
+        }
+    }
+}
+
+/// Write flow control for a transport core with a write queue: `pause_writing()` above
+/// the high-water mark, `resume_writing()` once drained to the low-water mark.
+pub(crate) trait WriteFlow: TransportCore {
+    /// Runs `f` on the flow control and the number of queued bytes, state borrowed.
+    fn with_flow<R>(&self, py: Python<'_>, f: impl FnOnce(&mut FlowControl, usize) -> R) -> R;
+
+    /// Calls pause_writing() when the queue went above the high-water mark.
+    fn maybe_pause_protocol(&self, py: Python<'_>) -> PyResult<()> {
+        if !self.with_flow(py, |flow, queued| flow.should_pause(queued)) {
+            return Ok(());
+        }
+        self.notify_protocol(
+            py,
+            intern!(py, "pause_writing"),
+            "protocol.pause_writing() failed",
+        )
+    }
+
+    /// Calls resume_writing() when the queue drained to the low-water mark.
+    fn maybe_resume_protocol(&self, py: Python<'_>) -> PyResult<()> {
+        if !self.with_flow(py, |flow, queued| flow.should_resume(queued)) {
+            return Ok(());
+        }
+        self.notify_protocol(
+            py,
+            intern!(py, "resume_writing"),
+            "protocol.resume_writing() failed",
+        )
+    }
+
+    /// `set_write_buffer_limits(high, low)`: sets the water marks, may pause the protocol.
+    fn set_water_marks(
+        &self,
+        py: Python<'_>,
+        high: Option<Bound<'_, PyAny>>,
+        low: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let (high, low) = water_marks(high, low)?;
+        self.with_flow(py, |flow, _| {
+            flow.high = high;
+            flow.low = low;
+        });
+        self.maybe_pause_protocol(py)
+    }
+}
