@@ -36,7 +36,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::lifecycle::{is_exit, FlowControl, TransportCore, WriteFlow};
+use super::lifecycle::{
+    is_exit, FlowControl, Lifecycle, SocketLifecycle, TransportCore, WriteFlow,
+};
 use super::write_buffer::send;
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
@@ -46,8 +48,6 @@ const MAX_READ_SIZE: usize = 256 * 1024;
 /// Datagrams read per readiness event at most; the rest wait for the next iteration so
 /// one busy socket cannot starve the loop.
 const MAX_DATAGRAMS_PER_WAKEUP: usize = 32;
-/// After this many sends on a lost connected endpoint, each further one logs a warning.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
 thread_local! {
     /// One receive buffer per loop thread: reads never nest, and each datagram is
@@ -56,7 +56,7 @@ thread_local! {
 }
 
 /// A datagram waiting for the socket to become writable.
-struct Queued {
+pub(crate) struct Queued {
     data: Py<PyBytes>,
     addr: Option<Py<PyAny>>,
 }
@@ -76,12 +76,7 @@ struct DatagramState {
     /// Bytes queued, plus the per-datagram header allowance on Python 3.13+.
     buffer_size: usize,
     flow: FlowControl,
-    /// close() or a fatal error started closing; no more reading.
-    closing: bool,
-    /// pause_reading() was called.
-    reading_paused: bool,
-    /// Non-zero once connection_lost is scheduled; counts sends after that.
-    conn_lost: u32,
+    lifecycle: Lifecycle,
 }
 
 /// The Rust half of a datagram transport.
@@ -373,6 +368,22 @@ impl WriteFlow for DatagramCore {
     }
 }
 
+impl SocketLifecycle for DatagramCore {
+    type Queue = VecDeque<Queued>;
+
+    fn with_lifecycle<R>(&self, py: Python<'_>, f: impl FnOnce(&mut Lifecycle, bool) -> R) -> R {
+        let mut state = self.state.borrow_mut(py);
+        let queue_empty = state.queue.is_empty();
+        f(&mut state.lifecycle, queue_empty)
+    }
+
+    fn take_queue(&self, py: Python<'_>) -> VecDeque<Queued> {
+        let mut state = self.state.borrow_mut(py);
+        state.buffer_size = 0;
+        std::mem::take(&mut state.queue)
+    }
+}
+
 impl DatagramCore {
     fn sock_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.state
@@ -401,41 +412,6 @@ impl DatagramCore {
             slf.get().report_error(py, message, &exc)?;
         }
         Self::force_close(slf, Some(exc))
-    }
-
-    fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let (dropped, had_queue, was_closing) = {
-            let mut state = this.state.borrow_mut(py);
-            if state.conn_lost > 0 {
-                return Ok(());
-            }
-            let had_queue = !state.queue.is_empty();
-            let dropped = std::mem::take(&mut state.queue);
-            state.buffer_size = 0;
-            let was_closing = state.closing;
-            state.closing = true;
-            state.conn_lost += 1;
-            (dropped, had_queue, was_closing)
-        };
-        drop(dropped);
-        if had_queue {
-            this.unwatch(py, intern!(py, "_remove_writer"))?;
-        }
-        if !was_closing {
-            this.unwatch(py, intern!(py, "_remove_reader"))?;
-        }
-        Self::schedule_connection_lost(slf, exc)
-    }
-
-    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        if let Some(event_loop) = slf.get().loop_obj(py) {
-            let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
-            event_loop.call_method1(py, intern!(py, "call_soon"), (callback, exc))?;
-        }
-        Ok(())
     }
 
     /// One `recvfrom`, in Rust for the families whose addresses Rust builds.
@@ -606,9 +582,7 @@ impl DatagramCore {
                 queue: VecDeque::new(),
                 buffer_size: 0,
                 flow: FlowControl::default(),
-                closing: false,
-                reading_paused: false,
-                conn_lost: 0,
+                lifecycle: Lifecycle::default(),
             }),
         })
     }
@@ -643,7 +617,10 @@ impl DatagramCore {
         for _ in 0..MAX_DATAGRAMS_PER_WAKEUP {
             let (sock, protocol) = {
                 let state = this.state.borrow_mut(py);
-                if state.conn_lost > 0 || state.closing || state.reading_paused {
+                if state.lifecycle.conn_lost > 0
+                    || state.lifecycle.closing
+                    || state.lifecycle.reading_paused
+                {
                     return Ok(());
                 }
                 match (&state.sock, &state.protocol) {
@@ -703,19 +680,13 @@ impl DatagramCore {
         let (conn_lost, queue_empty, sock) = {
             let state = this.state.borrow_mut(py);
             (
-                state.conn_lost,
+                state.lifecycle.conn_lost,
                 state.queue.is_empty(),
                 state.sock.as_ref().map(|s| s.clone_ref(py)),
             )
         };
         if conn_lost > 0 && (address.is_some() || sock.is_none()) {
-            if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
-                py.import("logging")?
-                    .call_method1("getLogger", ("asyncio",))?
-                    .call_method1("warning", ("socket.send() raised exception.",))?;
-            }
-            this.state.borrow_mut(py).conn_lost += 1;
-            return Ok(());
+            return this.count_lost_write(py, conn_lost);
         }
         let Some(sock) = sock else {
             return Ok(());
@@ -781,7 +752,7 @@ impl DatagramCore {
         this.maybe_resume_protocol(py)?;
         let (drained, closing) = {
             let state = this.state.borrow_mut(py);
-            (state.queue.is_empty(), state.closing)
+            (state.queue.is_empty(), state.lifecycle.closing)
         };
         if drained {
             this.unwatch(py, intern!(py, "_remove_writer"))?;
@@ -794,26 +765,7 @@ impl DatagramCore {
 
     /// Stops reading, sends what is queued, then closes (connection_lost(None)).
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let drained = {
-            let mut state = this.state.borrow_mut(py);
-            if state.closing {
-                return Ok(());
-            }
-            state.closing = true;
-            let drained = state.queue.is_empty();
-            if drained {
-                state.conn_lost += 1;
-            }
-            drained
-        };
-        this.unwatch(py, intern!(py, "_remove_reader"))?;
-        if drained {
-            this.unwatch(py, intern!(py, "_remove_writer"))?;
-            Self::schedule_connection_lost(slf, None)?;
-        }
-        Ok(())
+        Self::close_gracefully(slf)
     }
 
     /// Closes at once, dropping queued datagrams.
@@ -835,52 +787,27 @@ impl DatagramCore {
 
     /// True once close() (or a fatal error) started closing.
     fn is_closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow_mut(py).closing
+        self.state.borrow_mut(py).lifecycle.closing
     }
 
     /// True while the transport delivers incoming datagrams.
     fn is_reading(&self, py: Python<'_>) -> bool {
-        let state = self.state.borrow_mut(py);
-        !state.closing && !state.reading_paused
+        self.state.borrow_mut(py).lifecycle.is_reading()
     }
 
     /// Stops delivering incoming datagrams until resume_reading().
     fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        {
-            let mut state = this.state.borrow_mut(py);
-            if state.closing || state.reading_paused {
-                return Ok(());
-            }
-            state.reading_paused = true;
-        }
-        this.unwatch(py, intern!(py, "_remove_reader"))
+        slf.get().stop_reading(slf.py())
     }
 
     /// Delivers incoming datagrams again.
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        {
-            let mut state = slf.get().state.borrow_mut(py);
-            if state.closing || !state.reading_paused {
-                return Ok(());
-            }
-            state.reading_paused = false;
-        }
-        Self::watch(slf, intern!(py, "_add_reader"), "_read_ready")
+        Self::restart_reading(slf)
     }
 
     /// Starts reading (scheduled right after connection_made).
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        {
-            let state = slf.get().state.borrow_mut(py);
-            if state.closing || state.reading_paused || state.conn_lost > 0 {
-                return Ok(());
-            }
-        }
-        Self::watch(slf, intern!(py, "_add_reader"), "_read_ready")
+        Self::begin_reading(slf)
     }
 
     /// Sets the water marks (asyncio's defaults and checks); may pause the protocol.
@@ -956,10 +883,10 @@ impl DatagramCore {
             return "closed".into();
         }
         let mut text = String::new();
-        if state.closing {
+        if state.lifecycle.closing {
             text.push_str("closing ");
         }
-        let reading = if !state.closing && !state.reading_paused {
+        let reading = if !state.lifecycle.closing && !state.lifecycle.reading_paused {
             "polling"
         } else {
             "idle"

@@ -251,3 +251,152 @@ pub(crate) trait WriteFlow: TransportCore {
         self.maybe_pause_protocol(py)
     }
 }
+
+/// After this many writes on a lost connection, each further write logs a warning.
+pub(crate) const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+/// Where a socket transport (stream or datagram) is in its life, as asyncio's
+/// `_SelectorTransport` tracks it.
+#[derive(Default)]
+pub(crate) struct Lifecycle {
+    /// close() or a fatal error started closing; no more reading.
+    pub(crate) closing: bool,
+    /// pause_reading() was called.
+    pub(crate) reading_paused: bool,
+    /// Non-zero once connection_lost is scheduled; counts writes after that.
+    pub(crate) conn_lost: u32,
+}
+
+impl Lifecycle {
+    /// True while incoming data is delivered.
+    pub(crate) fn is_reading(&self) -> bool {
+        !self.closing && !self.reading_paused
+    }
+}
+
+/// asyncio's `_SelectorTransport` lifecycle for socket transports: closing, aborting,
+/// pausing and resuming reading. The fd is watched with `_read_ready` for reading and
+/// unwatched with `_remove_writer` when queued output is dropped.
+pub(crate) trait SocketLifecycle: TransportCore {
+    /// What [`SocketLifecycle::take_queue`] moves out of the state, dropped outside it.
+    type Queue;
+
+    /// Runs `f` on the lifecycle and whether the write queue is empty, state borrowed.
+    fn with_lifecycle<R>(&self, py: Python<'_>, f: impl FnOnce(&mut Lifecycle, bool) -> R) -> R;
+
+    /// Empties the write queue, handing its contents back to drop.
+    fn take_queue(&self, py: Python<'_>) -> Self::Queue;
+
+    /// `loop.call_soon(self._call_connection_lost, exc)`, while attached.
+    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        if let Some(event_loop) = slf.get().loop_obj(py) {
+            let callback = slf.as_any().getattr(intern!(py, "_call_connection_lost"))?;
+            event_loop.call_method1(py, intern!(py, "call_soon"), (callback, exc))?;
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_force_close`: drop queued output, stop watching, schedule
+    /// connection_lost(exc); once only.
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let started = this.with_lifecycle(py, |life, queue_empty| {
+            if life.conn_lost > 0 {
+                return None;
+            }
+            let was_closing = life.closing;
+            life.closing = true;
+            life.conn_lost += 1;
+            Some((!queue_empty, was_closing))
+        });
+        let Some((had_queue, was_closing)) = started else {
+            return Ok(());
+        };
+        drop(this.take_queue(py));
+        if had_queue {
+            this.unwatch(py, intern!(py, "_remove_writer"))?;
+        }
+        if !was_closing {
+            this.unwatch(py, intern!(py, "_remove_reader"))?;
+        }
+        Self::schedule_connection_lost(slf, exc)
+    }
+
+    /// `close()`: stop reading; once the queue is empty, connection_lost(None) follows.
+    fn close_gracefully(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let drained = this.with_lifecycle(py, |life, queue_empty| {
+            if life.closing {
+                return None;
+            }
+            life.closing = true;
+            if queue_empty {
+                life.conn_lost += 1;
+            }
+            Some(queue_empty)
+        });
+        let Some(drained) = drained else {
+            return Ok(());
+        };
+        this.unwatch(py, intern!(py, "_remove_reader"))?;
+        if drained {
+            this.unwatch(py, intern!(py, "_remove_writer"))?;
+            Self::schedule_connection_lost(slf, None)?;
+        }
+        Ok(())
+    }
+
+    /// `pause_reading()`: stop watching the fd for reading.
+    fn stop_reading(&self, py: Python<'_>) -> PyResult<()> {
+        let pause = self.with_lifecycle(py, |life, _| {
+            let pause = !life.closing && !life.reading_paused;
+            life.reading_paused |= pause;
+            pause
+        });
+        if pause {
+            self.unwatch(py, intern!(py, "_remove_reader"))?;
+        }
+        Ok(())
+    }
+
+    /// `resume_reading()`: watch the fd for reading again.
+    fn restart_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let resume = slf.get().with_lifecycle(py, |life, _| {
+            let resume = !life.closing && life.reading_paused;
+            if resume {
+                life.reading_paused = false;
+            }
+            resume
+        });
+        if resume {
+            Self::watch(slf, intern!(py, "_add_reader"), "_read_ready")?;
+        }
+        Ok(())
+    }
+
+    /// `_start_reading()` (scheduled right after connection_made): watch the fd for
+    /// reading unless paused, closing or lost.
+    fn begin_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let start = slf.get().with_lifecycle(py, |life, _| {
+            !(life.closing || life.reading_paused || life.conn_lost > 0)
+        });
+        if start {
+            Self::watch(slf, intern!(py, "_add_reader"), "_read_ready")?;
+        }
+        Ok(())
+    }
+
+    /// Counts a write on a lost connection; past the threshold each one logs a warning.
+    fn count_lost_write(&self, py: Python<'_>, conn_lost: u32) -> PyResult<()> {
+        if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+            asyncio_logger(py)?.call_method1("warning", ("socket.send() raised exception.",))?;
+        }
+        self.with_lifecycle(py, |life, _| life.conn_lost += 1);
+        Ok(())
+    }
+}

@@ -25,15 +25,15 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 
-use super::lifecycle::{is_exit, FlowControl, TransportCore, WriteFlow};
+use super::lifecycle::{
+    is_exit, FlowControl, Lifecycle, SocketLifecycle, TransportCore, WriteFlow,
+};
 use super::write_buffer::{send, would_block, WriteBuffer};
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 
 /// Bytes one `recv` asks for at most (asyncio's `max_size`).
 const MAX_READ_SIZE: usize = 256 * 1024;
-/// After this many writes on a lost connection, each further write logs a warning.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
 thread_local! {
     /// One read buffer per loop thread: reads never nest, and the bytes are copied out
@@ -62,14 +62,9 @@ struct StreamState {
     server: Option<Py<PyAny>>,
     buffer: WriteBuffer,
     flow: FlowControl,
-    /// close() or a fatal error started closing; no more reading.
-    closing: bool,
+    lifecycle: Lifecycle,
     /// write_eof() was called.
     eof: bool,
-    /// pause_reading() was called.
-    reading_paused: bool,
-    /// Non-zero once connection_lost is scheduled; counts writes after that.
-    conn_lost: u32,
     /// Set while `loop.sendfile` owns the socket: resolved when the queue drains, and
     /// write() refuses data meanwhile.
     empty_waiter: Option<Py<PyAny>>,
@@ -138,6 +133,20 @@ impl WriteFlow for StreamCore {
     }
 }
 
+impl SocketLifecycle for StreamCore {
+    type Queue = WriteBuffer;
+
+    fn with_lifecycle<R>(&self, py: Python<'_>, f: impl FnOnce(&mut Lifecycle, bool) -> R) -> R {
+        let mut state = self.state.borrow_mut(py);
+        let queue_empty = state.buffer.is_empty();
+        f(&mut state.lifecycle, queue_empty)
+    }
+
+    fn take_queue(&self, py: Python<'_>) -> WriteBuffer {
+        self.state.borrow_mut(py).buffer.take()
+    }
+}
+
 impl StreamCore {
     fn call_protocol(
         &self,
@@ -161,40 +170,6 @@ impl StreamCore {
         let is_os_error = exc.bind(py).is_instance_of::<pyo3::exceptions::PyOSError>();
         slf.get().report_fatal(py, &exc, message, is_os_error)?;
         Self::force_close(slf, Some(exc))
-    }
-
-    fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let (dropped, had_buffer, was_closing) = {
-            let mut state = this.state.borrow_mut(py);
-            if state.conn_lost > 0 {
-                return Ok(());
-            }
-            let had_buffer = !state.buffer.is_empty();
-            let dropped = state.buffer.take();
-            let was_closing = state.closing;
-            state.closing = true;
-            state.conn_lost += 1;
-            (dropped, had_buffer, was_closing)
-        };
-        drop(dropped);
-        if had_buffer {
-            this.unwatch(py, intern!(py, "_remove_writer"))?;
-        }
-        if !was_closing {
-            this.unwatch(py, intern!(py, "_remove_reader"))?;
-        }
-        Self::schedule_connection_lost(slf, exc)
-    }
-
-    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        if let Some(event_loop) = slf.get().loop_obj(py) {
-            let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
-            event_loop.call_method1(py, intern!(py, "call_soon"), (callback, exc))?;
-        }
-        Ok(())
     }
 
     fn read(&self, py: Python<'_>, receiver: &Receiver) -> PyResult<ReadOutcome> {
@@ -342,10 +317,8 @@ impl StreamCore {
                 server,
                 buffer: WriteBuffer::default(),
                 flow: FlowControl::default(),
-                closing: false,
+                lifecycle: Lifecycle::default(),
                 eof: false,
-                reading_paused: false,
-                conn_lost: 0,
                 empty_waiter: None,
             }),
         })
@@ -373,7 +346,7 @@ impl StreamCore {
         let this = slf.get();
         let receiver = {
             let state = this.state.borrow_mut(py);
-            if state.conn_lost > 0 {
+            if state.lifecycle.conn_lost > 0 {
                 return Ok(());
             }
             match &state.receiver {
@@ -441,7 +414,7 @@ impl StreamCore {
                     "unable to write; sendfile is in progress",
                 ));
             }
-            (state.buffer.is_empty(), state.conn_lost)
+            (state.buffer.is_empty(), state.lifecycle.conn_lost)
         };
         let bytes: &[u8] = match &payload {
             Payload::Shared(b) => b.bind(py).as_bytes(),
@@ -451,13 +424,7 @@ impl StreamCore {
             return Ok(());
         }
         if conn_lost > 0 {
-            if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
-                py.import("logging")?
-                    .call_method1("getLogger", ("asyncio",))?
-                    .call_method1("warning", ("socket.send() raised exception.",))?;
-            }
-            this.state.borrow_mut(py).conn_lost += 1;
-            return Ok(());
+            return this.count_lost_write(py, conn_lost);
         }
         let mut sent = 0;
         if queue_empty {
@@ -515,7 +482,7 @@ impl StreamCore {
         let this = slf.get();
         let outcome = {
             let mut state = this.state.borrow_mut(py);
-            if state.conn_lost > 0 {
+            if state.lifecycle.conn_lost > 0 {
                 return Ok(());
             }
             state.buffer.flush(py, this.fd)
@@ -542,7 +509,7 @@ impl StreamCore {
         this.maybe_resume_protocol(py)?;
         let (drained, closing, eof) = {
             let state = this.state.borrow_mut(py);
-            (state.buffer.is_empty(), state.closing, state.eof)
+            (state.buffer.is_empty(), state.lifecycle.closing, state.eof)
         };
         if !drained {
             return Ok(());
@@ -571,7 +538,7 @@ impl StreamCore {
         let this = slf.get();
         let drained = {
             let mut state = this.state.borrow_mut(py);
-            if state.closing || state.eof {
+            if state.lifecycle.closing || state.eof {
                 return Ok(());
             }
             state.eof = true;
@@ -590,26 +557,7 @@ impl StreamCore {
 
     /// Stops reading, sends what is queued, then closes (connection_lost(None)).
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let drained = {
-            let mut state = this.state.borrow_mut(py);
-            if state.closing {
-                return Ok(());
-            }
-            state.closing = true;
-            let drained = state.buffer.is_empty();
-            if drained {
-                state.conn_lost += 1;
-            }
-            drained
-        };
-        this.unwatch(py, intern!(py, "_remove_reader"))?;
-        if drained {
-            this.unwatch(py, intern!(py, "_remove_writer"))?;
-            Self::schedule_connection_lost(slf, None)?;
-        }
-        Ok(())
+        Self::close_gracefully(slf)
     }
 
     /// Closes at once, dropping queued output.
@@ -631,52 +579,27 @@ impl StreamCore {
 
     /// True once close() (or a fatal error) started closing.
     fn is_closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow_mut(py).closing
+        self.state.borrow_mut(py).lifecycle.closing
     }
 
     /// True while the transport delivers incoming data.
     fn is_reading(&self, py: Python<'_>) -> bool {
-        let state = self.state.borrow_mut(py);
-        !state.closing && !state.reading_paused
+        self.state.borrow_mut(py).lifecycle.is_reading()
     }
 
     /// Stops delivering incoming data until resume_reading().
     fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        {
-            let mut state = this.state.borrow_mut(py);
-            if state.closing || state.reading_paused {
-                return Ok(());
-            }
-            state.reading_paused = true;
-        }
-        this.unwatch(py, intern!(py, "_remove_reader"))
+        slf.get().stop_reading(slf.py())
     }
 
     /// Delivers incoming data again.
     fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        {
-            let mut state = slf.get().state.borrow_mut(py);
-            if state.closing || !state.reading_paused {
-                return Ok(());
-            }
-            state.reading_paused = false;
-        }
-        Self::watch(slf, intern!(py, "_add_reader"), "_read_ready")
+        Self::restart_reading(slf)
     }
 
     /// Starts reading (scheduled right after connection_made).
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        {
-            let state = slf.get().state.borrow_mut(py);
-            if state.closing || state.reading_paused || state.conn_lost > 0 {
-                return Ok(());
-            }
-        }
-        Self::watch(slf, intern!(py, "_add_reader"), "_read_ready")
+        Self::begin_reading(slf)
     }
 
     /// Sets the water marks (asyncio's defaults and checks); may pause the protocol.
@@ -849,11 +772,11 @@ impl StreamCore {
             return "closed".into();
         }
         let mut text = String::new();
-        if state.closing {
+        if state.lifecycle.closing {
             text.push_str("closing ");
         }
         text.push_str(&format!("fd={}", self.fd));
-        let reading = if !state.closing && !state.reading_paused {
+        let reading = if !state.lifecycle.closing && !state.lifecycle.reading_paused {
             "polling"
         } else {
             "idle"
