@@ -18,6 +18,7 @@ import warnings
 from asyncio import trsock
 
 from ._core import DatagramCore
+from ._transport_base import SocketTransportBase, finish_waiter
 
 logger = logging.getLogger("asyncio")
 
@@ -30,7 +31,7 @@ _HAS_IPV6 = hasattr(socket, "AF_INET6")
 _unset = object()
 
 
-class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
+class DatagramTransport(SocketTransportBase, asyncio.Transport, asyncio.DatagramTransport):
     """A datagram transport over a non-blocking socket.
 
     An `asyncio.Transport` as well as an `asyncio.DatagramTransport`, as asyncio's own
@@ -67,90 +68,13 @@ class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
         )
         loop._transports[sock.fileno()] = self
 
-    def __repr__(self):
-        return f"<{type(self).__name__} {self._core._describe()}>"
-
-    def __del__(self, _warn=warnings.warn):
-        core = getattr(self, "_core", None)
-        sock = core.sock if core is not None else None
-        if sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            sock.close()
-
-    @property
-    def _sock(self):
-        return self._core.sock
-
-    @property
-    def _sock_fd(self):
-        return self._core.fd
-
     @property
     def _address(self):
         return self._core.address
 
-    @property
-    def _protocol_paused(self):
-        return self._core._protocol_paused
-
     def sendto(self, data, addr=None):
         """Sends `data` (bytes-like) to `addr`, or to the remote address if connected."""
         self._core.sendto(data, addr)
-
-    def close(self):
-        """Sends what is queued, then closes; connection_lost(None) follows."""
-        self._core.close()
-
-    def abort(self):
-        """Closes at once, dropping queued datagrams; connection_lost(None) follows."""
-        self._core.abort()
-
-    def is_closing(self):
-        """True once closing has started."""
-        return self._core.is_closing()
-
-    def is_reading(self):
-        """True while incoming datagrams are delivered."""
-        return self._core.is_reading()
-
-    def pause_reading(self):
-        """Stops delivering incoming datagrams until resume_reading()."""
-        self._core.pause_reading()
-
-    def resume_reading(self):
-        """Delivers incoming datagrams again."""
-        self._core.resume_reading()
-
-    def set_write_buffer_limits(self, high=None, low=None):
-        """Sets the water marks that drive pause_writing()/resume_writing()."""
-        self._core.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_limits(self):
-        """`(low, high)`."""
-        return self._core.get_write_buffer_limits()
-
-    def get_write_buffer_size(self):
-        """Bytes queued and not yet sent."""
-        return self._core.get_write_buffer_size()
-
-    def set_protocol(self, protocol):
-        """Switches to another protocol."""
-        self._core.set_protocol(protocol)
-
-    def get_protocol(self):
-        """The current protocol."""
-        return self._core.get_protocol()
-
-    def _force_close(self, exc):
-        self._core._force_close(exc)
-
-    def _fatal_error(self, exc, message="Fatal error on transport"):
-        self._core._fatal_error(exc, message)
-
-
-def _finish_waiter(waiter):
-    if not waiter.cancelled():
-        waiter.set_result(None)
 
 
 def make_datagram_transport(loop, sock, protocol, address=None, waiter=None, extra=None):
@@ -163,7 +87,7 @@ def make_datagram_transport(loop, sock, protocol, address=None, waiter=None, ext
     loop.call_soon(protocol.connection_made, transport)
     loop.call_soon(transport._core._start_reading)
     if waiter is not None:
-        loop.call_soon(_finish_waiter, waiter)
+        loop.call_soon(finish_waiter, waiter)
     return transport
 
 
@@ -491,7 +415,7 @@ class DatagramMixin:
             pass
         fd = sock.fileno()
         writable = self.create_future()
-        self._add_writer(fd, _finish_waiter, writable)
+        self._add_writer(fd, finish_waiter, writable)
         try:
             await writable
         finally:

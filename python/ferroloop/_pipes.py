@@ -14,19 +14,14 @@ import asyncio
 import logging
 import os
 import stat
-import warnings
 
 from ._core import ReadPipeCore, WritePipeCore
+from ._transport_base import PipeTransportBase, WriteFlowControl, finish_waiter
 
 logger = logging.getLogger("asyncio")
 
 
-def _finish_waiter(waiter):
-    if not waiter.cancelled():
-        waiter.set_result(None)
-
-
-class ReadPipeTransport(asyncio.ReadTransport):
+class ReadPipeTransport(PipeTransportBase, asyncio.ReadTransport):
     """The read end of a pipe, FIFO, socket or character device."""
 
     # __dict__: asyncio's pipe transports accept instance attributes (tests patch methods).
@@ -50,41 +45,7 @@ class ReadPipeTransport(asyncio.ReadTransport):
         # Only start reading once connection_made() has been called.
         loop.call_soon(self._core._start_reading)
         if waiter is not None:
-            loop.call_soon(_finish_waiter, waiter)
-
-    def __repr__(self):
-        core = self._core
-        detail = core._describe() if core is not None else "closed"
-        return f"<{type(self).__name__} {detail}>"
-
-    def __del__(self, _warn=warnings.warn):
-        core = getattr(self, "_core", None)
-        pipe = core.pipe if core is not None else None
-        if pipe is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            pipe.close()
-
-    @property
-    def _pipe(self):
-        return self._core.pipe
-
-    @_pipe.setter
-    def _pipe(self, value):
-        if value is not None:
-            raise ValueError("_pipe can only be reset to None")
-        self._core._forget_pipe()
-
-    @property
-    def _fileno(self):
-        return self._core.fd
-
-    @property
-    def _protocol(self):
-        return self._core.get_protocol()
-
-    @property
-    def _closing(self):
-        return self._core.is_closing()
+            loop.call_soon(finish_waiter, waiter)
 
     def is_reading(self):
         """True while incoming data is delivered."""
@@ -100,33 +61,15 @@ class ReadPipeTransport(asyncio.ReadTransport):
         if self._core.resume_reading() and self._loop.get_debug():
             logger.debug("%r resumes reading", self)
 
-    def set_protocol(self, protocol):
-        """Switches to another protocol."""
-        self._core.set_protocol(protocol)
-
-    def get_protocol(self):
-        """The current protocol."""
-        return self._core.get_protocol()
-
-    def is_closing(self):
-        """True once closing has started."""
-        return self._core.is_closing()
-
     def close(self):
         """Stops reading; connection_lost(None) follows and the pipe is closed."""
         self._core.close()
 
-    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
-        self._core._fatal_error(exc, message)
-
     def _close(self, exc):
         self._core._close(exc)
 
-    def _call_connection_lost(self, exc):
-        self._core._call_connection_lost(exc)
 
-
-class WritePipeTransport(asyncio.WriteTransport):
+class WritePipeTransport(PipeTransportBase, WriteFlowControl, asyncio.WriteTransport):
     """The write end of a pipe, FIFO, socket or character device."""
 
     # __dict__: asyncio's pipe transports accept instance attributes (tests patch methods).
@@ -151,45 +94,7 @@ class WritePipeTransport(asyncio.WriteTransport):
         # Only start watching once connection_made() has been called.
         loop.call_soon(self._core._start_reading)
         if waiter is not None:
-            loop.call_soon(_finish_waiter, waiter)
-
-    def __repr__(self):
-        core = self._core
-        detail = core._describe() if core is not None else "closed"
-        return f"<{type(self).__name__} {detail}>"
-
-    def __del__(self, _warn=warnings.warn):
-        core = getattr(self, "_core", None)
-        pipe = core.pipe if core is not None else None
-        if pipe is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            pipe.close()
-
-    @property
-    def _pipe(self):
-        return self._core.pipe
-
-    @_pipe.setter
-    def _pipe(self, value):
-        if value is not None:
-            raise ValueError("_pipe can only be reset to None")
-        self._core._forget_pipe()
-
-    @property
-    def _fileno(self):
-        return self._core.fd
-
-    @property
-    def _protocol(self):
-        return self._core.get_protocol()
-
-    @property
-    def _closing(self):
-        return self._core.is_closing()
-
-    @property
-    def _protocol_paused(self):
-        return self._core._protocol_paused
+            loop.call_soon(finish_waiter, waiter)
 
     def write(self, data):
         """Writes `data` (bytes-like) as soon as the pipe takes it."""
@@ -211,42 +116,8 @@ class WritePipeTransport(asyncio.WriteTransport):
         """Same as write_eof(): writes what is queued, then closes."""
         self._core.close()
 
-    def abort(self):
-        """Closes at once, dropping queued data; connection_lost(None) follows."""
-        self._core.abort()
-
-    def is_closing(self):
-        """True once closing has started."""
-        return self._core.is_closing()
-
-    def set_write_buffer_limits(self, high=None, low=None):
-        """Sets the water marks that drive pause_writing()/resume_writing()."""
-        self._core.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_limits(self):
-        """`(low, high)`."""
-        return self._core.get_write_buffer_limits()
-
-    def get_write_buffer_size(self):
-        """Bytes queued and not yet written."""
-        return self._core.get_write_buffer_size()
-
-    def set_protocol(self, protocol):
-        """Switches to another protocol."""
-        self._core.set_protocol(protocol)
-
-    def get_protocol(self):
-        """The current protocol."""
-        return self._core.get_protocol()
-
-    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
-        self._core._fatal_error(exc, message)
-
     def _close(self, exc=None):
         self._core._close(exc)
-
-    def _call_connection_lost(self, exc):
-        self._core._call_connection_lost(exc)
 
 
 class PipesMixin:

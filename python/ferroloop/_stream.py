@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import warnings
 from asyncio import constants, trsock
 
 from ._core import StreamCore
+from ._transport_base import SocketTransportBase, finish_waiter
 
 
 def _set_nodelay(sock):
@@ -38,7 +38,7 @@ def _extra_for(sock, extra):
     return extra
 
 
-class SocketTransport(asyncio.Transport):
+class SocketTransport(SocketTransportBase, asyncio.Transport):
     """A byte-stream transport over a connected socket."""
 
     __slots__ = ("_core", "_loop", "__weakref__")
@@ -56,28 +56,6 @@ class SocketTransport(asyncio.Transport):
         if server is not None:
             server._attach(self)
         loop._transports[sock.fileno()] = self
-
-    def __repr__(self):
-        return f"<{type(self).__name__} {self._core._describe()}>"
-
-    def __del__(self, _warn=warnings.warn):
-        core = getattr(self, "_core", None)
-        sock = core.sock if core is not None else None
-        if sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            sock.close()
-
-    @property
-    def _sock(self):
-        return self._core.sock
-
-    @property
-    def _sock_fd(self):
-        return self._core.fd
-
-    @property
-    def _protocol_paused(self):
-        return self._core._protocol_paused
 
     def _make_empty_waiter(self):
         return self._core._make_empty_waiter()
@@ -101,61 +79,6 @@ class SocketTransport(asyncio.Transport):
         """True: stream sockets can half-close."""
         return True
 
-    def close(self):
-        """Sends what is queued, then closes; connection_lost(None) follows."""
-        self._core.close()
-
-    def abort(self):
-        """Closes at once, dropping queued data; connection_lost(None) follows."""
-        self._core.abort()
-
-    def is_closing(self):
-        """True once closing has started."""
-        return self._core.is_closing()
-
-    def is_reading(self):
-        """True while incoming data is delivered."""
-        return self._core.is_reading()
-
-    def pause_reading(self):
-        """Stops delivering incoming data until resume_reading()."""
-        self._core.pause_reading()
-
-    def resume_reading(self):
-        """Delivers incoming data again."""
-        self._core.resume_reading()
-
-    def set_write_buffer_limits(self, high=None, low=None):
-        """Sets the water marks that drive pause_writing()/resume_writing()."""
-        self._core.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_limits(self):
-        """`(low, high)`."""
-        return self._core.get_write_buffer_limits()
-
-    def get_write_buffer_size(self):
-        """Bytes queued and not yet sent."""
-        return self._core.get_write_buffer_size()
-
-    def set_protocol(self, protocol):
-        """Switches to another protocol."""
-        self._core.set_protocol(protocol)
-
-    def get_protocol(self):
-        """The current protocol."""
-        return self._core.get_protocol()
-
-    def _force_close(self, exc):
-        self._core._force_close(exc)
-
-    def _fatal_error(self, exc, message="Fatal error on transport"):
-        self._core._fatal_error(exc, message)
-
-
-def _finish_waiter(waiter):
-    if not waiter.cancelled():
-        waiter.set_result(None)
-
 
 def make_socket_transport(loop, sock, protocol, waiter=None, extra=None, server=None):
     """A transport over connected non-blocking `sock` (TCP or Unix stream), owning it.
@@ -168,5 +91,5 @@ def make_socket_transport(loop, sock, protocol, waiter=None, extra=None, server=
     loop.call_soon(protocol.connection_made, transport)
     loop.call_soon(transport._core._start_reading)
     if waiter is not None:
-        loop.call_soon(_finish_waiter, waiter)
+        loop.call_soon(finish_waiter, waiter)
     return transport
