@@ -136,6 +136,68 @@ fn describe(
     info.join(" ")
 }
 
+/// What both pipe cores share on top of [`TransportCore`]: the [`Attachments`] they hold
+/// until connection_lost, and asyncio's pipe rule that nothing is scheduled on a closed
+/// loop.
+trait PipeCore: TransportCore {
+    /// Runs `f` on the attachments, state borrowed.
+    fn with_attached<R>(&self, py: Python<'_>, f: impl FnOnce(&mut Attachments) -> R) -> R;
+
+    /// True while attached to a loop that is not closed.
+    fn loop_open(&self, py: Python<'_>) -> PyResult<bool> {
+        match self.loop_obj(py) {
+            Some(event_loop) => Ok(!loop_closed(py, &event_loop)?),
+            None => Ok(false),
+        }
+    }
+
+    /// Closes the pipe object and lets go of everything the transport held.
+    fn release_attachments(&self, py: Python<'_>) -> PyResult<()> {
+        let attached = self.with_attached(py, std::mem::take);
+        release(py, attached)
+    }
+
+    /// `loop.call_soon(self._call_connection_lost, exc)`; on a closed loop, where nothing
+    /// can run, the pipe is closed and the protocol dropped at once.
+    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(event_loop) = this.loop_obj(py) else {
+            return Ok(());
+        };
+        if loop_closed(py, &event_loop)? {
+            return this.release_attachments(py);
+        }
+        let callback = slf.as_any().getattr(intern!(py, "_call_connection_lost"))?;
+        event_loop.call_method1(py, intern!(py, "call_soon"), (callback, exc))?;
+        Ok(())
+    }
+}
+
+/// [`TransportCore`] for a pipe core, through [`PipeCore::with_attached`].
+macro_rules! pipe_transport_core {
+    ($core:ty) => {
+        impl TransportCore for $core {
+            fn raw_fd(&self) -> RawFd {
+                self.fd
+            }
+
+            fn loop_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+                self.with_attached(py, |attached| clone_of(py, &attached.event_loop))
+            }
+
+            fn owner(&self, py: Python<'_>) -> Py<PyAny> {
+                self.with_attached(py, |attached| clone_of(py, &attached.owner))
+                    .unwrap_or_else(|| py.None())
+            }
+
+            fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+                self.with_attached(py, |attached| clone_of(py, &attached.protocol))
+            }
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------
 // Reading
 // ---------------------------------------------------------------------------------------
@@ -159,23 +221,13 @@ pub struct ReadPipeCore {
     state: GilCell<ReadPipeState>,
 }
 
-impl TransportCore for ReadPipeCore {
-    fn raw_fd(&self) -> RawFd {
-        self.fd
-    }
-
-    fn loop_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        clone_of(py, &self.state.borrow_mut(py).attached.event_loop)
-    }
-
-    fn owner(&self, py: Python<'_>) -> Py<PyAny> {
-        clone_of(py, &self.state.borrow_mut(py).attached.owner).unwrap_or_else(|| py.None())
-    }
-
-    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        clone_of(py, &self.state.borrow_mut(py).attached.protocol)
+impl PipeCore for ReadPipeCore {
+    fn with_attached<R>(&self, py: Python<'_>, f: impl FnOnce(&mut Attachments) -> R) -> R {
+        f(&mut self.state.borrow_mut(py).attached)
     }
 }
+
+pipe_transport_core!(ReadPipeCore);
 
 impl ReadPipeCore {
     fn add_reader(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -209,22 +261,6 @@ impl ReadPipeCore {
         }
         this.remove_reader(py)?;
         Self::schedule_connection_lost(slf, exc)
-    }
-
-    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let Some(event_loop) = this.loop_obj(py) else {
-            return Ok(());
-        };
-        if loop_closed(py, &event_loop)? {
-            // Nothing can run on a closed loop: close the pipe, drop the protocol.
-            let attached = std::mem::take(&mut this.state.borrow_mut(py).attached);
-            return release(py, attached);
-        }
-        let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
-        event_loop.call_method1(py, intern!(py, "call_soon"), (callback, exc))?;
-        Ok(())
     }
 
     fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
@@ -303,12 +339,12 @@ impl ReadPipeCore {
     /// The pipe object, or None once closed.
     #[getter]
     fn pipe(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        clone_of(py, &self.state.borrow_mut(py).attached.pipe)
+        self.with_attached(py, |attached| clone_of(py, &attached.pipe))
     }
 
     /// Forgets the pipe object without closing it (asyncio tests set `_pipe = None`).
     fn _forget_pipe(&self, py: Python<'_>) {
-        let old = self.state.borrow_mut(py).attached.pipe.take();
+        let old = self.with_attached(py, |attached| attached.pipe.take());
         drop(old);
     }
 
@@ -420,12 +456,7 @@ impl ReadPipeCore {
 
     /// Switches the protocol that receives data and events.
     fn set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>) {
-        let old = self
-            .state
-            .borrow_mut(py)
-            .attached
-            .protocol
-            .replace(protocol);
+        let old = self.with_attached(py, |attached| attached.protocol.replace(protocol));
         drop(old);
     }
 
@@ -443,17 +474,12 @@ impl ReadPipeCore {
                 .map(drop),
             None => Ok(()),
         };
-        let attached = std::mem::take(&mut self.state.borrow_mut(py).attached);
-        let closed = release(py, attached);
-        result.and(closed)
+        result.and(self.release_attachments(py))
     }
 
     /// The repr details: `fd=5 polling`, `closing fd=5 idle`, `closed fd=5 closed`.
     fn _describe(&self, py: Python<'_>) -> PyResult<String> {
-        let loop_open = match self.loop_obj(py) {
-            Some(event_loop) => !loop_closed(py, &event_loop)?,
-            None => false,
-        };
+        let loop_open = self.loop_open(py)?;
         let state = self.state.borrow_mut(py);
         Ok(describe(
             self.fd,
@@ -568,23 +594,13 @@ fn data_of(data: &Bound<'_, PyAny>) -> PyResult<Data> {
     )))
 }
 
-impl TransportCore for WritePipeCore {
-    fn raw_fd(&self) -> RawFd {
-        self.fd
-    }
-
-    fn loop_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        clone_of(py, &self.state.borrow_mut(py).attached.event_loop)
-    }
-
-    fn owner(&self, py: Python<'_>) -> Py<PyAny> {
-        clone_of(py, &self.state.borrow_mut(py).attached.owner).unwrap_or_else(|| py.None())
-    }
-
-    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        clone_of(py, &self.state.borrow_mut(py).attached.protocol)
+impl PipeCore for WritePipeCore {
+    fn with_attached<R>(&self, py: Python<'_>, f: impl FnOnce(&mut Attachments) -> R) -> R {
+        f(&mut self.state.borrow_mut(py).attached)
     }
 }
+
+pipe_transport_core!(WritePipeCore);
 
 impl WriteFlow for WritePipeCore {
     fn with_flow<R>(&self, py: Python<'_>, f: impl FnOnce(&mut FlowControl, usize) -> R) -> R {
@@ -650,22 +666,6 @@ impl WritePipeCore {
         Self::schedule_connection_lost(slf, exc)
     }
 
-    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let Some(event_loop) = this.loop_obj(py) else {
-            return Ok(());
-        };
-        if loop_closed(py, &event_loop)? {
-            // Nothing can run on a closed loop: close the pipe, drop the protocol.
-            let attached = std::mem::take(&mut this.state.borrow_mut(py).attached);
-            return release(py, attached);
-        }
-        let callback = slf.getattr(intern!(py, "_call_connection_lost"))?;
-        event_loop.call_method1(py, intern!(py, "call_soon"), (callback, exc))?;
-        Ok(())
-    }
-
     /// Counts a write that arrives after the pipe closed; warns past the threshold.
     fn count_lost_write(&self, py: Python<'_>) -> PyResult<()> {
         let count = self.state.borrow_mut(py).conn_lost;
@@ -724,12 +724,12 @@ impl WritePipeCore {
     /// The pipe object, or None once closed.
     #[getter]
     fn pipe(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        clone_of(py, &self.state.borrow_mut(py).attached.pipe)
+        self.with_attached(py, |attached| clone_of(py, &attached.pipe))
     }
 
     /// Forgets the pipe object without closing it (asyncio tests set `_pipe = None`).
     fn _forget_pipe(&self, py: Python<'_>) {
-        let old = self.state.borrow_mut(py).attached.pipe.take();
+        let old = self.with_attached(py, |attached| attached.pipe.take());
         drop(old);
     }
 
@@ -1030,12 +1030,7 @@ impl WritePipeCore {
 
     /// Switches the protocol that receives events.
     fn set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>) {
-        let old = self
-            .state
-            .borrow_mut(py)
-            .attached
-            .protocol
-            .replace(protocol);
+        let old = self.with_attached(py, |attached| attached.protocol.replace(protocol));
         drop(old);
     }
 
@@ -1053,22 +1048,14 @@ impl WritePipeCore {
                 .map(drop),
             None => Ok(()),
         };
-        let released = {
-            let mut state = self.state.borrow_mut(py);
-            (std::mem::take(&mut state.attached), state.buffer.take())
-        };
-        let (attached, buffer) = released;
+        let buffer = self.state.borrow_mut(py).buffer.take();
         drop(buffer);
-        let closed = release(py, attached);
-        result.and(closed)
+        result.and(self.release_attachments(py))
     }
 
     /// The repr details: `fd=5 idle bufsize=0`, `closing fd=5 polling bufsize=10`.
     fn _describe(&self, py: Python<'_>) -> PyResult<String> {
-        let loop_open = match self.loop_obj(py) {
-            Some(event_loop) => !loop_closed(py, &event_loop)?,
-            None => false,
-        };
+        let loop_open = self.loop_open(py)?;
         let state = self.state.borrow_mut(py);
         Ok(describe(
             self.fd,
