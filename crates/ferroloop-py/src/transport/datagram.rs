@@ -37,7 +37,8 @@ use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::lifecycle::{
-    is_exit, FlowControl, Lifecycle, SocketLifecycle, TransportCore, WriteFlow,
+    is_exit, socket_lifecycle_pymethods, write_flow_pymethods, FlowControl, Lifecycle,
+    SocketLifecycle, TransportCore, WriteFlow,
 };
 use super::write_buffer::send;
 use crate::errors::os_error;
@@ -544,6 +545,9 @@ fn to_bytes(data: &Bound<'_, PyAny>) -> PyResult<Py<PyBytes>> {
     Ok(copy.cast_into::<PyBytes>()?.unbind())
 }
 
+write_flow_pymethods!(DatagramCore);
+socket_lifecycle_pymethods!(DatagramCore);
+
 #[pymethods]
 impl DatagramCore {
     /// `DatagramCore(loop, sock, protocol, owner, address=None, connected=False,
@@ -763,72 +767,10 @@ impl DatagramCore {
         Ok(())
     }
 
-    /// Stops reading, sends what is queued, then closes (connection_lost(None)).
-    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::close_gracefully(slf)
-    }
-
-    /// Closes at once, dropping queued datagrams.
-    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::force_close(slf, None)
-    }
-
-    /// asyncio's `_force_close`.
-    #[pyo3(signature = (exc = None))]
-    fn _force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        Self::force_close(slf, exc)
-    }
-
     /// asyncio's `_fatal_error`.
     #[pyo3(signature = (exc, message = "Fatal error on transport"))]
     fn _fatal_error(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>, message: &str) -> PyResult<()> {
         Self::fatal_error(slf, PyErr::from_value(exc), message)
-    }
-
-    /// True once close() (or a fatal error) started closing.
-    fn is_closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow_mut(py).lifecycle.closing
-    }
-
-    /// True while the transport delivers incoming datagrams.
-    fn is_reading(&self, py: Python<'_>) -> bool {
-        self.state.borrow_mut(py).lifecycle.is_reading()
-    }
-
-    /// Stops delivering incoming datagrams until resume_reading().
-    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        slf.get().stop_reading(slf.py())
-    }
-
-    /// Delivers incoming datagrams again.
-    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::restart_reading(slf)
-    }
-
-    /// Starts reading (scheduled right after connection_made).
-    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::begin_reading(slf)
-    }
-
-    /// Sets the water marks (asyncio's defaults and checks); may pause the protocol.
-    #[pyo3(signature = (high = None, low = None))]
-    fn set_write_buffer_limits(
-        &self,
-        py: Python<'_>,
-        high: Option<Bound<'_, PyAny>>,
-        low: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        self.set_water_marks(py, high, low)
-    }
-
-    /// `(low, high)` water marks.
-    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        self.state.borrow_mut(py).flow.limits()
-    }
-
-    /// Bytes queued and not yet sent (plus 8 per datagram on Python 3.13+).
-    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.state.borrow_mut(py).buffer_size
     }
 
     /// Switches the protocol that receives datagrams and events.
@@ -868,12 +810,6 @@ impl DatagramCore {
         };
         drop(released);
         result.and(closed)
-    }
-
-    /// True between pause_writing() and resume_writing().
-    #[getter]
-    fn _protocol_paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow_mut(py).flow.paused
     }
 
     /// A short description for the owner's repr: `fd=6 read=polling write=<idle, bufsize=0>`.

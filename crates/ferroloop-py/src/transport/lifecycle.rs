@@ -400,3 +400,91 @@ pub(crate) trait SocketLifecycle: TransportCore {
         Ok(())
     }
 }
+
+/// The Python methods of a [`WriteFlow`] core: `set_write_buffer_limits`,
+/// `get_write_buffer_limits`, `get_write_buffer_size` and `_protocol_paused`.
+macro_rules! write_flow_pymethods {
+    ($core:ty) => {
+        #[pyo3::pymethods]
+        impl $core {
+            /// Sets the water marks (asyncio's defaults and checks); may pause the protocol.
+            #[pyo3(signature = (high = None, low = None))]
+            fn set_write_buffer_limits(
+                &self,
+                py: Python<'_>,
+                high: Option<Bound<'_, PyAny>>,
+                low: Option<Bound<'_, PyAny>>,
+            ) -> PyResult<()> {
+                self.set_water_marks(py, high, low)
+            }
+
+            /// `(low, high)` water marks.
+            fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+                self.with_flow(py, |flow, _| flow.limits())
+            }
+
+            /// Bytes queued and not yet sent.
+            fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+                self.with_flow(py, |_, queued| queued)
+            }
+
+            /// True between pause_writing() and resume_writing().
+            #[getter]
+            fn _protocol_paused(&self, py: Python<'_>) -> bool {
+                self.with_flow(py, |flow, _| flow.paused)
+            }
+        }
+    };
+}
+pub(crate) use write_flow_pymethods;
+
+/// The Python methods of a [`SocketLifecycle`] core: `close`, `abort`, `_force_close`,
+/// `is_closing`, `is_reading`, `pause_reading`, `resume_reading` and `_start_reading`.
+macro_rules! socket_lifecycle_pymethods {
+    ($core:ty) => {
+        #[pyo3::pymethods]
+        impl $core {
+            /// Stops reading, sends what is queued, then closes (connection_lost(None)).
+            fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+                Self::close_gracefully(slf)
+            }
+
+            /// Closes at once, dropping queued output.
+            fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+                Self::force_close(slf, None)
+            }
+
+            /// asyncio's `_force_close`.
+            #[pyo3(signature = (exc = None))]
+            fn _force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+                Self::force_close(slf, exc)
+            }
+
+            /// True once close() (or a fatal error) started closing.
+            fn is_closing(&self, py: Python<'_>) -> bool {
+                self.with_lifecycle(py, |life, _| life.closing)
+            }
+
+            /// True while the transport delivers incoming data.
+            fn is_reading(&self, py: Python<'_>) -> bool {
+                self.with_lifecycle(py, |life, _| life.is_reading())
+            }
+
+            /// Stops delivering incoming data until resume_reading().
+            fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+                slf.get().stop_reading(slf.py())
+            }
+
+            /// Delivers incoming data again.
+            fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+                Self::restart_reading(slf)
+            }
+
+            /// Starts reading (scheduled right after connection_made).
+            fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+                Self::begin_reading(slf)
+            }
+        }
+    };
+}
+pub(crate) use socket_lifecycle_pymethods;

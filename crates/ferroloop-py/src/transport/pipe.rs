@@ -32,7 +32,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 
-use super::lifecycle::{asyncio_logger, is_exit, FlowControl, TransportCore, WriteFlow};
+use super::lifecycle::{
+    asyncio_logger, is_exit, write_flow_pymethods, FlowControl, TransportCore, WriteFlow,
+};
 use super::stream::READ_BUFFER;
 use super::write_buffer::{would_block, write_fd, WriteBuffer};
 use crate::errors::os_error;
@@ -686,6 +688,8 @@ impl WritePipeCore {
     }
 }
 
+write_flow_pymethods!(WritePipeCore);
+
 #[pymethods]
 impl WritePipeCore {
     /// `WritePipeCore(loop, pipe, fd, protocol, owner, detects_peer_close)`; `fd` is
@@ -999,33 +1003,6 @@ impl WritePipeCore {
     /// True once close(), write_eof() or a failure started closing.
     fn is_closing(&self, py: Python<'_>) -> bool {
         self.state.borrow_mut(py).closing
-    }
-
-    /// Sets the water marks (asyncio's defaults and checks); may pause the protocol.
-    #[pyo3(signature = (high = None, low = None))]
-    fn set_write_buffer_limits(
-        &self,
-        py: Python<'_>,
-        high: Option<Bound<'_, PyAny>>,
-        low: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        self.set_water_marks(py, high, low)
-    }
-
-    /// `(low, high)` water marks.
-    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        self.state.borrow_mut(py).flow.limits()
-    }
-
-    /// Bytes queued and not yet written.
-    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.state.borrow_mut(py).buffer.len()
-    }
-
-    /// True between pause_writing() and resume_writing().
-    #[getter]
-    fn _protocol_paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow_mut(py).flow.paused
     }
 
     /// Switches the protocol that receives events.

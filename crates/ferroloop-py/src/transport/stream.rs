@@ -26,7 +26,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 
 use super::lifecycle::{
-    is_exit, FlowControl, Lifecycle, SocketLifecycle, TransportCore, WriteFlow,
+    is_exit, socket_lifecycle_pymethods, write_flow_pymethods, FlowControl, Lifecycle,
+    SocketLifecycle, TransportCore, WriteFlow,
 };
 use super::write_buffer::{send, would_block, WriteBuffer};
 use crate::errors::os_error;
@@ -292,6 +293,9 @@ fn payload(data: &Bound<'_, PyAny>) -> PyResult<Payload> {
     )))
 }
 
+write_flow_pymethods!(StreamCore);
+socket_lifecycle_pymethods!(StreamCore);
+
 #[pymethods]
 impl StreamCore {
     /// `StreamCore(loop, sock, protocol, owner, server=None)`.
@@ -555,72 +559,10 @@ impl StreamCore {
         true
     }
 
-    /// Stops reading, sends what is queued, then closes (connection_lost(None)).
-    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::close_gracefully(slf)
-    }
-
-    /// Closes at once, dropping queued output.
-    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::force_close(slf, None)
-    }
-
-    /// asyncio's `_force_close`.
-    #[pyo3(signature = (exc = None))]
-    fn _force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        Self::force_close(slf, exc)
-    }
-
     /// asyncio's `_fatal_error`.
     #[pyo3(signature = (exc, message = "Fatal error on transport"))]
     fn _fatal_error(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>, message: &str) -> PyResult<()> {
         Self::fatal_error(slf, PyErr::from_value(exc), message)
-    }
-
-    /// True once close() (or a fatal error) started closing.
-    fn is_closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow_mut(py).lifecycle.closing
-    }
-
-    /// True while the transport delivers incoming data.
-    fn is_reading(&self, py: Python<'_>) -> bool {
-        self.state.borrow_mut(py).lifecycle.is_reading()
-    }
-
-    /// Stops delivering incoming data until resume_reading().
-    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        slf.get().stop_reading(slf.py())
-    }
-
-    /// Delivers incoming data again.
-    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::restart_reading(slf)
-    }
-
-    /// Starts reading (scheduled right after connection_made).
-    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::begin_reading(slf)
-    }
-
-    /// Sets the water marks (asyncio's defaults and checks); may pause the protocol.
-    #[pyo3(signature = (high = None, low = None))]
-    fn set_write_buffer_limits(
-        &self,
-        py: Python<'_>,
-        high: Option<Bound<'_, PyAny>>,
-        low: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        self.set_water_marks(py, high, low)
-    }
-
-    /// `(low, high)` water marks.
-    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        self.state.borrow_mut(py).flow.limits()
-    }
-
-    /// Bytes queued and not yet sent.
-    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.state.borrow_mut(py).buffer.len()
     }
 
     /// Switches the protocol that receives data and events.
@@ -757,12 +699,6 @@ impl StreamCore {
     fn _reset_empty_waiter(&self, py: Python<'_>) {
         let old = self.state.borrow_mut(py).empty_waiter.take();
         drop(old);
-    }
-
-    /// True between pause_writing() and resume_writing().
-    #[getter]
-    fn _protocol_paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow_mut(py).flow.paused
     }
 
     /// A short description for the owner's repr: `fd=6 read=polling write=<idle, bufsize=0>`.
