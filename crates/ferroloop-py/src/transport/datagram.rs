@@ -37,7 +37,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::lifecycle::{
-    is_exit, socket_lifecycle_pymethods, write_flow_pymethods, FlowControl, Lifecycle,
+    clone_of, is_exit, socket_lifecycle_pymethods, write_flow_pymethods, FlowControl, Lifecycle,
     SocketLifecycle, TransportCore, WriteFlow,
 };
 use super::write_buffer::send;
@@ -92,10 +92,6 @@ pub struct DatagramCore {
     /// Python 3.13+ sends empty datagrams; older versions drop them.
     send_empty: bool,
     state: GilCell<DatagramState>,
-}
-
-fn clone_of(py: Python<'_>, obj: &Option<Py<PyAny>>) -> Option<Py<PyAny>> {
-    obj.as_ref().map(|o| o.clone_ref(py))
 }
 
 fn is_not_ready(py: Python<'_>, err: &PyErr) -> bool {

@@ -23,6 +23,11 @@ pub(crate) fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
 }
 
+/// A new reference to the object in `obj`, if any.
+pub(crate) fn clone_of(py: Python<'_>, obj: &Option<Py<PyAny>>) -> Option<Py<PyAny>> {
+    obj.as_ref().map(|o| o.clone_ref(py))
+}
+
 /// `logging.getLogger("asyncio")`.
 pub(crate) fn asyncio_logger(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     py.import("logging")?

@@ -33,7 +33,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 
 use super::lifecycle::{
-    asyncio_logger, is_exit, write_flow_pymethods, FlowControl, TransportCore, WriteFlow,
+    asyncio_logger, clone_of, is_exit, write_flow_pymethods, FlowControl, TransportCore, WriteFlow,
 };
 use super::stream::READ_BUFFER;
 use super::write_buffer::{would_block, write_fd, WriteBuffer};
@@ -72,10 +72,6 @@ impl Attachments {
         visit.call(&self.event_loop)?;
         visit.call(&self.protocol)
     }
-}
-
-fn clone_of(py: Python<'_>, obj: &Option<Py<PyAny>>) -> Option<Py<PyAny>> {
-    obj.as_ref().map(|o| o.clone_ref(py))
 }
 
 fn loop_debug(py: Python<'_>, event_loop: &Py<PyAny>) -> PyResult<bool> {
@@ -200,6 +196,44 @@ macro_rules! pipe_transport_core {
     };
 }
 
+/// The Python methods both pipe cores have: `fd`, `pipe`, `_forget_pipe`, `set_protocol`
+/// and `get_protocol`.
+macro_rules! pipe_core_pymethods {
+    ($core:ty) => {
+        #[pymethods]
+        impl $core {
+            /// The pipe's fd.
+            #[getter]
+            fn fd(&self) -> RawFd {
+                self.fd
+            }
+
+            /// The pipe object, or None once closed.
+            #[getter]
+            fn pipe(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+                self.with_attached(py, |attached| clone_of(py, &attached.pipe))
+            }
+
+            /// Forgets the pipe object without closing it (asyncio tests set `_pipe = None`).
+            fn _forget_pipe(&self, py: Python<'_>) {
+                let old = self.with_attached(py, |attached| attached.pipe.take());
+                drop(old);
+            }
+
+            /// Switches the protocol that receives data and events.
+            fn set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>) {
+                let old = self.with_attached(py, |attached| attached.protocol.replace(protocol));
+                drop(old);
+            }
+
+            /// The current protocol.
+            fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+                self.protocol(py)
+            }
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------
 // Reading
 // ---------------------------------------------------------------------------------------
@@ -309,6 +343,8 @@ impl ReadPipeCore {
     }
 }
 
+pipe_core_pymethods!(ReadPipeCore);
+
 #[pymethods]
 impl ReadPipeCore {
     /// `ReadPipeCore(loop, pipe, fd, protocol, owner)`; `fd` is non-blocking already.
@@ -330,24 +366,6 @@ impl ReadPipeCore {
                 lost: false,
             }),
         }
-    }
-
-    /// The pipe's fd.
-    #[getter]
-    fn fd(&self) -> RawFd {
-        self.fd
-    }
-
-    /// The pipe object, or None once closed.
-    #[getter]
-    fn pipe(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.with_attached(py, |attached| clone_of(py, &attached.pipe))
-    }
-
-    /// Forgets the pipe object without closing it (asyncio tests set `_pipe = None`).
-    fn _forget_pipe(&self, py: Python<'_>) {
-        let old = self.with_attached(py, |attached| attached.pipe.take());
-        drop(old);
     }
 
     /// Starts reading (scheduled right after connection_made), unless paused or closed.
@@ -454,17 +472,6 @@ impl ReadPipeCore {
     #[pyo3(signature = (exc = None))]
     fn _close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         Self::close_with(slf, exc)
-    }
-
-    /// Switches the protocol that receives data and events.
-    fn set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>) {
-        let old = self.with_attached(py, |attached| attached.protocol.replace(protocol));
-        drop(old);
-    }
-
-    /// The current protocol.
-    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.protocol(py)
     }
 
     /// Calls protocol.connection_lost(exc), then closes the pipe and lets go of everything.
@@ -690,6 +697,8 @@ impl WritePipeCore {
 
 write_flow_pymethods!(WritePipeCore);
 
+pipe_core_pymethods!(WritePipeCore);
+
 #[pymethods]
 impl WritePipeCore {
     /// `WritePipeCore(loop, pipe, fd, protocol, owner, detects_peer_close)`; `fd` is
@@ -717,24 +726,6 @@ impl WritePipeCore {
                 writer_watched: false,
             }),
         }
-    }
-
-    /// The pipe's fd.
-    #[getter]
-    fn fd(&self) -> RawFd {
-        self.fd
-    }
-
-    /// The pipe object, or None once closed.
-    #[getter]
-    fn pipe(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.with_attached(py, |attached| clone_of(py, &attached.pipe))
-    }
-
-    /// Forgets the pipe object without closing it (asyncio tests set `_pipe = None`).
-    fn _forget_pipe(&self, py: Python<'_>) {
-        let old = self.with_attached(py, |attached| attached.pipe.take());
-        drop(old);
     }
 
     /// Starts watching for the reader going away (sockets and FIFOs), scheduled right
@@ -1003,17 +994,6 @@ impl WritePipeCore {
     /// True once close(), write_eof() or a failure started closing.
     fn is_closing(&self, py: Python<'_>) -> bool {
         self.state.borrow_mut(py).closing
-    }
-
-    /// Switches the protocol that receives events.
-    fn set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>) {
-        let old = self.with_attached(py, |attached| attached.protocol.replace(protocol));
-        drop(old);
-    }
-
-    /// The current protocol.
-    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.protocol(py)
     }
 
     /// Calls protocol.connection_lost(exc), then closes the pipe and lets go of everything.

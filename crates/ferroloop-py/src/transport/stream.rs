@@ -26,7 +26,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 
 use super::lifecycle::{
-    is_exit, socket_lifecycle_pymethods, write_flow_pymethods, FlowControl, Lifecycle,
+    clone_of, is_exit, socket_lifecycle_pymethods, write_flow_pymethods, FlowControl, Lifecycle,
     SocketLifecycle, TransportCore, WriteFlow,
 };
 use super::write_buffer::{send, would_block, WriteBuffer};
@@ -93,10 +93,6 @@ fn receiver_for(protocol: &Bound<'_, PyAny>) -> PyResult<Receiver> {
             protocol.getattr(intern!(py, "data_received"))?.unbind(),
         ))
     }
-}
-
-fn clone_of(py: Python<'_>, obj: &Option<Py<PyAny>>) -> Option<Py<PyAny>> {
-    obj.as_ref().map(|o| o.clone_ref(py))
 }
 
 /// What `_read_ready` got from the socket.
