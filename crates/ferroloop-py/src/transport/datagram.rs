@@ -37,7 +37,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::lifecycle::{
-    clone_of, is_exit, socket_lifecycle_pymethods, write_flow_pymethods, FlowControl, Lifecycle,
+    clone_of, socket_lifecycle_pymethods, write_flow_pymethods, FlowControl, Lifecycle,
     SocketLifecycle, TransportCore, WriteFlow,
 };
 use super::write_buffer::send;
@@ -368,6 +368,8 @@ impl WriteFlow for DatagramCore {
 impl SocketLifecycle for DatagramCore {
     type Queue = VecDeque<Queued>;
 
+    const LOGS_FATAL_OS_ERRORS: bool = false;
+
     fn with_lifecycle<R>(&self, py: Python<'_>, f: impl FnOnce(&mut Lifecycle, bool) -> R) -> R {
         let mut state = self.state.borrow_mut(py);
         let queue_empty = state.queue.is_empty();
@@ -395,20 +397,6 @@ impl DatagramCore {
             protocol.call_method1(py, intern!(py, "error_received"), (err.into_value(py),))?;
         }
         Ok(())
-    }
-
-    /// asyncio's `_fatal_error`: OS errors only close the transport; anything else is also
-    /// reported to the exception handler.
-    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        if is_exit(py, &err) {
-            return Err(err);
-        }
-        let exc = err.into_value(py).into_any();
-        if !exc.bind(py).is_instance_of::<PyOSError>() {
-            slf.get().report_error(py, message, &exc)?;
-        }
-        Self::force_close(slf, Some(exc))
     }
 
     /// One `recvfrom`, in Rust for the families whose addresses Rust builds.
@@ -761,12 +749,6 @@ impl DatagramCore {
             }
         }
         Ok(())
-    }
-
-    /// asyncio's `_fatal_error`.
-    #[pyo3(signature = (exc, message = "Fatal error on transport"))]
-    fn _fatal_error(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>, message: &str) -> PyResult<()> {
-        Self::fatal_error(slf, PyErr::from_value(exc), message)
     }
 
     /// Switches the protocol that receives datagrams and events.

@@ -8,7 +8,7 @@
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyValueError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pyclass::boolean_struct::True;
@@ -292,6 +292,27 @@ pub(crate) trait SocketLifecycle: TransportCore {
     /// Empties the write queue, handing its contents back to drop.
     fn take_queue(&self, py: Python<'_>) -> Self::Queue;
 
+    /// Whether a fatal OS error is logged in debug mode before the transport closes (the
+    /// stream transport logs it; the datagram transport only closes).
+    const LOGS_FATAL_OS_ERRORS: bool;
+
+    /// asyncio's `_fatal_error`: exits propagate; OS errors only close the transport
+    /// (see [`SocketLifecycle::LOGS_FATAL_OS_ERRORS`]); anything else is also reported to
+    /// the exception handler.
+    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        if is_exit(py, &err) {
+            return Err(err);
+        }
+        let exc = err.into_value(py).into_any();
+        if !exc.bind(py).is_instance_of::<PyOSError>() {
+            slf.get().report_error(py, message, &exc)?;
+        } else if Self::LOGS_FATAL_OS_ERRORS {
+            slf.get().log_error_in_debug(py, exc.bind(py), message)?;
+        }
+        Self::force_close(slf, Some(exc))
+    }
+
     /// `loop.call_soon(self._call_connection_lost, exc)`, while attached.
     fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
@@ -463,6 +484,16 @@ macro_rules! socket_lifecycle_pymethods {
             #[pyo3(signature = (exc = None))]
             fn _force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
                 Self::force_close(slf, exc)
+            }
+
+            /// asyncio's `_fatal_error`.
+            #[pyo3(signature = (exc, message = "Fatal error on transport"))]
+            fn _fatal_error(
+                slf: &Bound<'_, Self>,
+                exc: Bound<'_, PyAny>,
+                message: &str,
+            ) -> PyResult<()> {
+                Self::fatal_error(slf, PyErr::from_value(exc), message)
             }
 
             /// True once close() (or a fatal error) started closing.

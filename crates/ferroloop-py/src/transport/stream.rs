@@ -26,7 +26,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 
 use super::lifecycle::{
-    clone_of, is_exit, socket_lifecycle_pymethods, write_flow_pymethods, FlowControl, Lifecycle,
+    clone_of, socket_lifecycle_pymethods, write_flow_pymethods, FlowControl, Lifecycle,
     SocketLifecycle, TransportCore, WriteFlow,
 };
 use super::write_buffer::{send, would_block, WriteBuffer};
@@ -133,6 +133,8 @@ impl WriteFlow for StreamCore {
 impl SocketLifecycle for StreamCore {
     type Queue = WriteBuffer;
 
+    const LOGS_FATAL_OS_ERRORS: bool = true;
+
     fn with_lifecycle<R>(&self, py: Python<'_>, f: impl FnOnce(&mut Lifecycle, bool) -> R) -> R {
         let mut state = self.state.borrow_mut(py);
         let queue_empty = state.buffer.is_empty();
@@ -154,19 +156,6 @@ impl StreamCore {
             Some(protocol) => Ok(Some(protocol.call_method0(py, name)?)),
             None => Ok(None),
         }
-    }
-
-    /// asyncio's `_fatal_error`: OS errors only close the transport; anything else is also
-    /// reported to the exception handler.
-    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        if is_exit(py, &err) {
-            return Err(err);
-        }
-        let exc = err.into_value(py).into_any();
-        let is_os_error = exc.bind(py).is_instance_of::<pyo3::exceptions::PyOSError>();
-        slf.get().report_fatal(py, &exc, message, is_os_error)?;
-        Self::force_close(slf, Some(exc))
     }
 
     fn read(&self, py: Python<'_>, receiver: &Receiver) -> PyResult<ReadOutcome> {
@@ -553,12 +542,6 @@ impl StreamCore {
     /// Stream sockets can half-close.
     fn can_write_eof(&self) -> bool {
         true
-    }
-
-    /// asyncio's `_fatal_error`.
-    #[pyo3(signature = (exc, message = "Fatal error on transport"))]
-    fn _fatal_error(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>, message: &str) -> PyResult<()> {
-        Self::fatal_error(slf, PyErr::from_value(exc), message)
     }
 
     /// Switches the protocol that receives data and events.
