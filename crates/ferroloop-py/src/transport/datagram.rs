@@ -37,8 +37,8 @@ use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::lifecycle::{
-    clone_of, socket_lifecycle_pymethods, write_flow_pymethods, FlowControl, Lifecycle,
-    SocketLifecycle, TransportCore, WriteFlow,
+    clone_of, socket_lifecycle_pymethods, socket_transport_core, write_flow_pymethods, FlowControl,
+    Lifecycle, SocketLifecycle, TransportCore, WriteFlow,
 };
 use super::write_buffer::send;
 use crate::errors::os_error;
@@ -339,23 +339,7 @@ fn sockaddr_to_py(
         .unbind())
 }
 
-impl TransportCore for DatagramCore {
-    fn raw_fd(&self) -> RawFd {
-        self.fd
-    }
-
-    fn loop_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        clone_of(py, &self.state.borrow_mut(py).event_loop)
-    }
-
-    fn owner(&self, py: Python<'_>) -> Py<PyAny> {
-        clone_of(py, &self.state.borrow_mut(py).owner).unwrap_or_else(|| py.None())
-    }
-
-    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        clone_of(py, &self.state.borrow_mut(py).protocol)
-    }
-}
+socket_transport_core!(DatagramCore);
 
 impl WriteFlow for DatagramCore {
     fn with_flow<R>(&self, py: Python<'_>, f: impl FnOnce(&mut FlowControl, usize) -> R) -> R {

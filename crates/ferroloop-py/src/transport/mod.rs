@@ -1,4 +1,5 @@
-//! Transports: byte streams over sockets and pipes (and later datagrams).
+//! Transports: byte streams over sockets and pipes, and datagrams. `lifecycle` holds what
+//! the cores share; each transport's own file holds what asyncio does differently for it.
 
 pub mod datagram;
 pub(crate) mod lifecycle;

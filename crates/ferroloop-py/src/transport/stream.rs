@@ -26,8 +26,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 
 use super::lifecycle::{
-    clone_of, socket_lifecycle_pymethods, write_flow_pymethods, FlowControl, Lifecycle,
-    SocketLifecycle, TransportCore, WriteFlow,
+    clone_of, socket_lifecycle_pymethods, socket_transport_core, write_flow_pymethods, FlowControl,
+    Lifecycle, SocketLifecycle, TransportCore, WriteFlow,
 };
 use super::write_buffer::{send, would_block, WriteBuffer};
 use crate::errors::os_error;
@@ -104,23 +104,7 @@ enum ReadOutcome {
     Failed(std::io::Error),
 }
 
-impl TransportCore for StreamCore {
-    fn raw_fd(&self) -> RawFd {
-        self.fd
-    }
-
-    fn loop_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        clone_of(py, &self.state.borrow_mut(py).event_loop)
-    }
-
-    fn owner(&self, py: Python<'_>) -> Py<PyAny> {
-        clone_of(py, &self.state.borrow_mut(py).owner).unwrap_or_else(|| py.None())
-    }
-
-    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        clone_of(py, &self.state.borrow_mut(py).protocol)
-    }
-}
+socket_transport_core!(StreamCore);
 
 impl WriteFlow for StreamCore {
     fn with_flow<R>(&self, py: Python<'_>, f: impl FnOnce(&mut FlowControl, usize) -> R) -> R {
