@@ -751,12 +751,7 @@ impl DatagramCore {
     fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let result = match this.protocol(py) {
-            Some(protocol) => protocol
-                .call_method1(py, intern!(py, "connection_lost"), (exc,))
-                .map(drop),
-            None => Ok(()),
-        };
+        let result = this.call_connection_lost_on_protocol(py, exc);
         let released = {
             let mut state = this.state.borrow_mut(py);
             (

@@ -135,6 +135,20 @@ pub(crate) trait TransportCore: PyClass<Frozen = True> + Sync {
         Ok(())
     }
 
+    /// `protocol.connection_lost(exc)`, while there is a protocol.
+    fn call_connection_lost_on_protocol(
+        &self,
+        py: Python<'_>,
+        exc: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        match self.protocol(py) {
+            Some(protocol) => protocol
+                .call_method1(py, intern!(py, "connection_lost"), (exc,))
+                .map(drop),
+            None => Ok(()),
+        }
+    }
+
     /// `loop.call_exception_handler({message, exception, transport, protocol})`, while
     /// attached.
     fn report_error(&self, py: Python<'_>, message: &str, exc: &Py<PyAny>) -> PyResult<()> {

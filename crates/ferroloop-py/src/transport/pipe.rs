@@ -196,8 +196,9 @@ macro_rules! pipe_transport_core {
     };
 }
 
-/// The Python methods both pipe cores have: `fd`, `pipe`, `_forget_pipe`, `set_protocol`
-/// and `get_protocol`.
+/// The Python methods both pipe cores have: `fd`, `pipe`, `_forget_pipe`, `set_protocol`,
+/// `get_protocol`, `is_closing`, `_fatal_error` and `_close`; the last two call the
+/// core's own `fatal_error` and `close_with`.
 macro_rules! pipe_core_pymethods {
     ($core:ty) => {
         #[pymethods]
@@ -229,6 +230,27 @@ macro_rules! pipe_core_pymethods {
             /// The current protocol.
             fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
                 self.protocol(py)
+            }
+
+            /// True once closing started (close(), end of file, write_eof() or a failure).
+            fn is_closing(&self, py: Python<'_>) -> bool {
+                self.state.borrow_mut(py).closing
+            }
+
+            /// asyncio's `_fatal_error`: reports and closes with `exc`.
+            #[pyo3(signature = (exc, message = "Fatal error on pipe transport"))]
+            fn _fatal_error(
+                slf: &Bound<'_, Self>,
+                exc: Bound<'_, PyAny>,
+                message: &str,
+            ) -> PyResult<()> {
+                Self::fatal_error(slf, PyErr::from_value(exc), message)
+            }
+
+            /// asyncio's `_close`: stops and schedules connection_lost(exc).
+            #[pyo3(signature = (exc = None))]
+            fn _close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+                Self::close_with(slf, exc)
             }
         }
     };
@@ -449,11 +471,6 @@ impl ReadPipeCore {
         !state.paused && !state.closing
     }
 
-    /// True once closing started.
-    fn is_closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow_mut(py).closing
-    }
-
     /// Stops reading; connection_lost(None) follows.
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         if slf.get().state.borrow_mut(slf.py()).closing {
@@ -462,27 +479,10 @@ impl ReadPipeCore {
         Self::close_with(slf, None)
     }
 
-    /// asyncio's `_fatal_error`: reports (except `EIO`) and closes with `exc`.
-    #[pyo3(signature = (exc, message = "Fatal error on pipe transport"))]
-    fn _fatal_error(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>, message: &str) -> PyResult<()> {
-        Self::fatal_error(slf, PyErr::from_value(exc), message)
-    }
-
-    /// asyncio's `_close`.
-    #[pyo3(signature = (exc = None))]
-    fn _close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        Self::close_with(slf, exc)
-    }
-
     /// Calls protocol.connection_lost(exc), then closes the pipe and lets go of everything.
     #[pyo3(signature = (exc = None))]
     fn _call_connection_lost(&self, py: Python<'_>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let result = match self.protocol(py) {
-            Some(protocol) => protocol
-                .call_method1(py, intern!(py, "connection_lost"), (exc,))
-                .map(drop),
-            None => Ok(()),
-        };
+        let result = self.call_connection_lost_on_protocol(py, exc);
         result.and(self.release_attachments(py))
     }
 
@@ -979,32 +979,10 @@ impl WritePipeCore {
         Self::close_with(slf, None)
     }
 
-    /// asyncio's `_fatal_error`.
-    #[pyo3(signature = (exc, message = "Fatal error on pipe transport"))]
-    fn _fatal_error(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>, message: &str) -> PyResult<()> {
-        Self::fatal_error(slf, PyErr::from_value(exc), message)
-    }
-
-    /// asyncio's `_close`.
-    #[pyo3(signature = (exc = None))]
-    fn _close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        Self::close_with(slf, exc)
-    }
-
-    /// True once close(), write_eof() or a failure started closing.
-    fn is_closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow_mut(py).closing
-    }
-
     /// Calls protocol.connection_lost(exc), then closes the pipe and lets go of everything.
     #[pyo3(signature = (exc = None))]
     fn _call_connection_lost(&self, py: Python<'_>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let result = match self.protocol(py) {
-            Some(protocol) => protocol
-                .call_method1(py, intern!(py, "connection_lost"), (exc,))
-                .map(drop),
-            None => Ok(()),
-        };
+        let result = self.call_connection_lost_on_protocol(py, exc);
         let buffer = self.state.borrow_mut(py).buffer.take();
         drop(buffer);
         result.and(self.release_attachments(py))
