@@ -37,7 +37,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::lifecycle::{
-    clone_of, socket_lifecycle_pymethods, socket_transport_core, write_flow_pymethods, FlowControl,
+    clone_of, socket_lifecycle_pymethods, transport_core, write_flow_pymethods, FlowControl,
     Lifecycle, SocketLifecycle, TransportCore, WriteFlow,
 };
 use super::write_buffer::send;
@@ -339,7 +339,7 @@ fn sockaddr_to_py(
         .unbind())
 }
 
-socket_transport_core!(DatagramCore);
+transport_core!(DatagramCore);
 
 impl WriteFlow for DatagramCore {
     fn with_flow<R>(&self, py: Python<'_>, f: impl FnOnce(&mut FlowControl, usize) -> R) -> R {

@@ -441,30 +441,31 @@ pub(crate) trait SocketLifecycle: TransportCore {
     }
 }
 
-/// [`TransportCore`] for a socket core whose `state` (a `GilCell`) holds `event_loop`,
-/// `owner` and `protocol`, next to its `fd`.
-macro_rules! socket_transport_core {
-    ($core:ty) => {
+/// [`TransportCore`] for a core with an `fd` and a `state` (a `GilCell`) that holds
+/// `event_loop`, `owner` and `protocol`, directly or in the field named second.
+macro_rules! transport_core {
+    ($core:ty $(, $within:ident)?) => {
         impl TransportCore for $core {
             fn raw_fd(&self) -> RawFd {
                 self.fd
             }
 
             fn loop_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-                clone_of(py, &self.state.borrow_mut(py).event_loop)
+                clone_of(py, &self.state.borrow_mut(py)$(.$within)?.event_loop)
             }
 
             fn owner(&self, py: Python<'_>) -> Py<PyAny> {
-                clone_of(py, &self.state.borrow_mut(py).owner).unwrap_or_else(|| py.None())
+                clone_of(py, &self.state.borrow_mut(py)$(.$within)?.owner)
+                    .unwrap_or_else(|| py.None())
             }
 
             fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-                clone_of(py, &self.state.borrow_mut(py).protocol)
+                clone_of(py, &self.state.borrow_mut(py)$(.$within)?.protocol)
             }
         }
     };
 }
-pub(crate) use socket_transport_core;
+pub(crate) use transport_core;
 
 /// The Python methods of a [`WriteFlow`] core: `set_write_buffer_limits`,
 /// `get_write_buffer_limits`, `get_write_buffer_size` and `_protocol_paused`.

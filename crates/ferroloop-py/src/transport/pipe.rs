@@ -33,7 +33,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 
 use super::lifecycle::{
-    asyncio_logger, clone_of, is_exit, write_flow_pymethods, FlowControl, TransportCore, WriteFlow,
+    asyncio_logger, clone_of, is_exit, transport_core, write_flow_pymethods, FlowControl,
+    TransportCore, WriteFlow,
 };
 use super::stream::READ_BUFFER;
 use super::write_buffer::{would_block, write_fd, WriteBuffer};
@@ -172,30 +173,6 @@ trait PipeCore: TransportCore {
     }
 }
 
-/// [`TransportCore`] for a pipe core, through [`PipeCore::with_attached`].
-macro_rules! pipe_transport_core {
-    ($core:ty) => {
-        impl TransportCore for $core {
-            fn raw_fd(&self) -> RawFd {
-                self.fd
-            }
-
-            fn loop_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-                self.with_attached(py, |attached| clone_of(py, &attached.event_loop))
-            }
-
-            fn owner(&self, py: Python<'_>) -> Py<PyAny> {
-                self.with_attached(py, |attached| clone_of(py, &attached.owner))
-                    .unwrap_or_else(|| py.None())
-            }
-
-            fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-                self.with_attached(py, |attached| clone_of(py, &attached.protocol))
-            }
-        }
-    };
-}
-
 /// The Python methods both pipe cores have: `fd`, `pipe`, `_forget_pipe`, `set_protocol`,
 /// `get_protocol`, `is_closing`, `_fatal_error` and `_close`; the last two call the
 /// core's own `fatal_error` and `close_with`.
@@ -285,7 +262,7 @@ impl PipeCore for ReadPipeCore {
     }
 }
 
-pipe_transport_core!(ReadPipeCore);
+transport_core!(ReadPipeCore, attached);
 
 impl ReadPipeCore {
     fn add_reader(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -609,7 +586,7 @@ impl PipeCore for WritePipeCore {
     }
 }
 
-pipe_transport_core!(WritePipeCore);
+transport_core!(WritePipeCore, attached);
 
 impl WriteFlow for WritePipeCore {
     fn with_flow<R>(&self, py: Python<'_>, f: impl FnOnce(&mut FlowControl, usize) -> R) -> R {

@@ -26,7 +26,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 
 use super::lifecycle::{
-    clone_of, socket_lifecycle_pymethods, socket_transport_core, write_flow_pymethods, FlowControl,
+    clone_of, socket_lifecycle_pymethods, transport_core, write_flow_pymethods, FlowControl,
     Lifecycle, SocketLifecycle, TransportCore, WriteFlow,
 };
 use super::write_buffer::{send, would_block, WriteBuffer};
@@ -104,7 +104,7 @@ enum ReadOutcome {
     Failed(std::io::Error),
 }
 
-socket_transport_core!(StreamCore);
+transport_core!(StreamCore);
 
 impl WriteFlow for StreamCore {
     fn with_flow<R>(&self, py: Python<'_>, f: impl FnOnce(&mut FlowControl, usize) -> R) -> R {
