@@ -46,13 +46,13 @@ def resolve_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     """Turn a loop name or ``module:attr.path`` into a zero-argument loop factory."""
     spec = LOOPS.get(name, name)
     if ":" not in spec:
-        raise SystemExit(f"unknown loop {name!r}: use one of {sorted(LOOPS)} or module:factory")
+        raise ValueError(f"unknown loop {name!r}: use one of {sorted(LOOPS)} or module:factory")
     module_name, _, attr_path = spec.partition(":")
     obj = importlib.import_module(module_name)
     for attr in attr_path.split("."):
         obj = getattr(obj, attr)
     if not callable(obj):
-        raise SystemExit(f"{spec} is not callable")
+        raise TypeError(f"{spec} is not callable")
     return obj
 
 

@@ -45,12 +45,15 @@ def ensure_venv(extra: list[str] | None = None) -> None:
     python = os.environ.get("FERROLOOP_PYTHON", sys.executable)
     if not venv_python().exists():
         run([python, "-m", "venv", VENV])
+    # The stamp lists every requirement installed so far; a later call with fewer extras
+    # (build after bench) must not reinstall.
     stamp = VENV / ".dev-requirements"
-    wanted = "\n".join(DEV_REQUIREMENTS + (extra or []))
-    if not stamp.exists() or stamp.read_text() != wanted:
+    wanted = set(DEV_REQUIREMENTS + (extra or []))
+    installed = set(stamp.read_text().splitlines()) if stamp.exists() else set()
+    if not wanted <= installed:
         run([venv_python(), "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
-        run([venv_python(), "-m", "pip", "install", "--quiet", *DEV_REQUIREMENTS, *(extra or [])])
-        stamp.write_text(wanted)
+        run([venv_python(), "-m", "pip", "install", "--quiet", *sorted(wanted)])
+        stamp.write_text("\n".join(sorted(wanted | installed)))
 
 
 def build() -> None:
