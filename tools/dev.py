@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build, demo, test and benchmark ferroloop from a fresh clone.
 
-Usage: python3 tools/dev.py {build,demo,test,lint,conformance,bench}
+Usage: python3 tools/dev.py {build,demo,test,lint,conformance,bench,versions}
 
 Everything is installed into ./.venv (created on first use) with the interpreter that
 runs this script, or with the one named by $FERROLOOP_PYTHON. Nothing outside the
@@ -35,7 +35,8 @@ def run(cmd: list[str | os.PathLike], **kwargs) -> None:
     env = dict(os.environ, VIRTUAL_ENV=str(VENV))
     env["PATH"] = f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env.update(kwargs.pop("env", {}))
-    result = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env, **kwargs)
+    cwd = kwargs.pop("cwd", ROOT)
+    result = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, **kwargs)
     if result.returncode != 0:
         sys.exit(f"command failed with exit status {result.returncode}: {printable}")
 
@@ -106,6 +107,64 @@ def bench() -> None:
     run([venv_python(), ROOT / "bench" / "run_core.py", *sys.argv[2:]])
 
 
+def other_pythons() -> list[Path]:
+    """Interpreters of the supported versions other than the main one (pyenv's, if any)."""
+    found = []
+    for minor in ("3.10", "3.12", "3.13"):
+        for candidate in sorted(Path.home().glob(f".pyenv/versions/{minor}.*/bin/python{minor}")):
+            found.append(candidate)
+            break
+    return found
+
+
+def versions() -> None:
+    """Builds a wheel for every other supported Python found and runs pytest and the
+    conformance suite with it (each in its own venv and target dir under .venv-versions)."""
+    base = ROOT / ".venv-versions"
+    pythons = other_pythons()
+    if not pythons:
+        sys.exit("no other Python 3.10/3.12/3.13 found under ~/.pyenv")
+    for python in pythons:
+        minor = python.name.removeprefix("python")
+        venv = base / minor
+        vpython = venv / "bin" / "python"
+        if not vpython.exists():
+            run([python, "-m", "venv", venv])
+        run([vpython, "-m", "pip", "install", "--quiet", *DEV_REQUIREMENTS])
+        wheels = base / f"wheels-{minor}"
+        for old in wheels.glob("*.whl"):
+            old.unlink()
+        run(
+            [
+                venv / "bin" / "maturin",
+                "build",
+                "--release",
+                "--quiet",
+                "-i",
+                vpython,
+                "-o",
+                wheels,
+            ],
+            env={"CARGO_TARGET_DIR": str(base / f"target-{minor}")},
+        )
+        run(
+            [
+                vpython,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--force-reinstall",
+                "--no-deps",
+                *wheels.glob("*.whl"),
+            ]
+        )
+        # From outside the source tree, so the installed wheel is what gets imported.
+        tests = ["-m", "pytest", "-q", "-p", "no:cacheprovider", ROOT / "tests", "--rootdir", ROOT]
+        run([vpython, *tests], cwd=base)
+        run([vpython, ROOT / "tests" / "conformance" / "run_asyncio_suite.py"], cwd=base)
+
+
 COMMANDS = {
     "build": build,
     "demo": demo,
@@ -113,6 +172,7 @@ COMMANDS = {
     "lint": lint,
     "conformance": conformance,
     "bench": bench,
+    "versions": versions,
 }
 
 
