@@ -22,6 +22,25 @@ async def handle_request(n: int) -> str:
     return f"request {request_id.get()} -> {digest}"
 
 
+async def echo_over_tcp() -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.read(1024))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"hello through the Rust transport")
+    reply = await reader.read(1024)
+    transport = writer.transport
+    print(f"  TCP echo via asyncio streams: {reply!r} ({type(transport).__name__})")
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+
+
 async def tour() -> None:
     loop = asyncio.get_running_loop()
     print(f"running on {loop!r}")
@@ -35,6 +54,7 @@ async def tour() -> None:
     print(f"  callbacks fired in order: {fired}")
     addresses = await loop.getaddrinfo("localhost", 80, type=0)
     print(f"  getaddrinfo('localhost', 80) on the Rust resolver pool: {addresses[0][4]}")
+    await echo_over_tcp()
     try:
         await asyncio.wait_for(asyncio.sleep(1), timeout=0.01)
     except asyncio.TimeoutError:
