@@ -18,13 +18,9 @@ import stat
 import sys
 
 from ._server import Server
+from ._sockets import _reject_ssl_socket
 from ._stream import make_socket_transport
 from ._tls import make_ssl_transport
-
-try:
-    import ssl as ssl_module
-except ImportError:  # pragma: no cover - Python built without OpenSSL
-    ssl_module = None
 
 logger = logging.getLogger("asyncio")
 
@@ -43,11 +39,6 @@ def _bind_error_detail(err):
     if _QUOTE_WHOLE_BIND_ERROR or not err.strerror:
         return str(err).lower()
     return err.strerror.lower()
-
-
-def _reject_ssl_socket(sock):
-    if ssl_module is not None and isinstance(sock, ssl_module.SSLSocket):
-        raise TypeError("Socket cannot be of type SSLSocket")
 
 
 def _is_stream_socket(sock):

@@ -277,7 +277,7 @@ impl EventLoop {
     }
 
     /// True once `close()` was called.
-    fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
     }
 

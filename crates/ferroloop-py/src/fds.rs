@@ -115,7 +115,7 @@ impl EventLoop {
         fd: &Bound<'_, PyAny>,
         direction: Direction,
     ) -> PyResult<bool> {
-        if self.is_closed_flag() {
+        if self.is_closed() {
             return Ok(false);
         }
         let fd = fileobj_to_fd(fd)?;
@@ -138,10 +138,6 @@ impl EventLoop {
             }
             None => Ok(false),
         }
-    }
-
-    fn is_closed_flag(&self) -> bool {
-        self.closed.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
