@@ -158,21 +158,14 @@ MODULES: dict[str, dict] = {
     },
     "test_sslproto": {
         "harness": {"StartTLSTests": ("new_loop", "SelectorStartTLSTests")},
+        "policy": ["SslProtoHandshakeTests"],
         "classes": {
             "SelectorStartTLSTests": TWIN.format("StartTLSTests"),
             "ProactorStartTLSTests": WINDOWS,
-            "SslProtoHandshakeTests": "asyncio.sslproto.SSLProtocol itself, mocked transports",
         },
         "tests": {"test_buf_feed_data": "private asyncio.protocols helper, no loop"},
     },
-    "test_ssl": {
-        "policy": ["TestSSL"],
-        "tests": {
-            "test_flush_before_shutdown": "drives the transport's private _ssl_protocol",
-            "test_remote_shutdown_receives_trailing_data": "calls the transport's private "
-            "_test__append_write_backlog",
-        },
-    },
+    "test_ssl": {"policy": ["TestSSL"]},
     "test_streams": {"policy": ["StreamTests"]},
     "test_subprocess": {
         "harness": {"SubprocessTests": ("setUp", "SubprocessMixin", "utils.TestCase")},
