@@ -12,7 +12,120 @@ from __future__ import annotations
 import ssl as ssl_module
 from asyncio import sslproto
 
+from ._core import TlsPump
 from ._stream import make_socket_transport
+
+_State = getattr(sslproto, "SSLProtocolState", None)
+
+
+class TlsProtocol(sslproto.SSLProtocol):
+    """asyncio's `SSLProtocol` with its steady state in Rust (`_core.TlsPump`).
+
+    Handshake, shutdown, timeouts, errors and flow control are the base class's. While the
+    connection is WRAPPED, received records are decrypted and the application's writes
+    encrypted by the pump, which falls back to the base class's methods whenever a side is
+    paused or data is backlogged. The pump keeps a mirror of the flow-control attributes:
+    every base method that assigns one is overridden below to push them (`_sync_pump`).
+    """
+
+    def __init__(self, *args, **kwargs):
+        self._pump = None
+        super().__init__(*args, **kwargs)
+        pump = TlsPump(self, self._sslobj, self._incoming, self._outgoing)
+        self._pump = pump
+        pump.sync()
+        # Instance attributes, so the socket transport and the application call the pump
+        # directly, without a Python frame in between.
+        self.get_buffer = pump.get_buffer
+        self.buffer_updated = pump.buffer_updated
+        self._app_transport.write = pump.write
+        self._app_transport.writelines = pump.writelines
+
+    def connection_made(self, transport):
+        self._pump.attach(transport)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc):
+        try:
+            super().connection_lost(exc)
+        finally:
+            # Break the protocol <-> pump cycle, so that (as with asyncio) a closed
+            # connection is freed by reference counting, SSLContext included.
+            self._pump.detach()
+            self._pump = None
+            del self.get_buffer, self.buffer_updated
+
+    def _set_state(self, new_state):
+        super()._set_state(new_state)
+        if self._pump is not None:
+            self._pump.set_wrapped(new_state is _State.WRAPPED)
+
+    def _sync_pump(self):
+        if self._pump is not None:
+            self._pump.sync()
+
+    def _set_app_protocol(self, app_protocol):
+        super()._set_app_protocol(app_protocol)
+        self._sync_pump()
+
+    def _control_app_writing(self):
+        try:
+            super()._control_app_writing()
+        finally:
+            self._sync_pump()
+
+    def _set_write_buffer_limits(self, high=None, low=None):
+        super()._set_write_buffer_limits(high, low)
+        self._sync_pump()
+
+    def _pause_reading(self):
+        super()._pause_reading()
+        self._sync_pump()
+
+    def _resume_reading(self):
+        super()._resume_reading()
+        self._sync_pump()
+
+    def _control_ssl_reading(self):
+        super()._control_ssl_reading()
+        self._sync_pump()
+
+    def _set_read_buffer_limits(self, high=None, low=None):
+        super()._set_read_buffer_limits(high, low)
+        self._sync_pump()
+
+    def pause_writing(self):
+        super().pause_writing()
+        self._sync_pump()
+
+    def resume_writing(self):
+        # The base method's three lines, with the mirror updated before the flush.
+        assert self._ssl_writing_paused
+        self._ssl_writing_paused = False
+        self._sync_pump()
+        self._process_outgoing()
+
+    def _process_outgoing(self):
+        if self._pump is None:
+            super()._process_outgoing()
+        else:
+            self._pump.process_outgoing_now()
+
+    def _dispatch_incoming(self):
+        """The base `buffer_updated` after the bytes went into the incoming BIO: what the
+        pump runs outside the WRAPPED state."""
+        if self._state == _State.DO_HANDSHAKE:
+            self._do_handshake()
+        elif self._state == _State.WRAPPED:
+            self._do_read()
+        elif self._state == _State.FLUSHING:
+            self._do_flush()
+        elif self._state == _State.SHUTDOWN:
+            self._do_shutdown()
+
+
+# Python 3.10's SSLProtocol is the older design (an _SSLPipe, no state machine to hook).
+_Protocol = TlsProtocol if _State is not None else sslproto.SSLProtocol
 
 
 def _timeouts(handshake, shutdown):
@@ -42,7 +155,7 @@ def make_ssl_transport(
     transport. `sslcontext=None` means a default client or server context (as `ssl=True`).
     `waiter` gets its result once the handshake completed, or the handshake's exception.
     """
-    tls = sslproto.SSLProtocol(
+    tls = _Protocol(
         loop,
         protocol,
         sslcontext,
@@ -79,7 +192,7 @@ class TlsMixin:
         if not getattr(transport, "_start_tls_compatible", False):
             raise TypeError(f"transport {transport!r} is not supported by start_tls()")
         waiter = self.create_future()
-        tls = sslproto.SSLProtocol(
+        tls = _Protocol(
             self,
             protocol,
             sslcontext,

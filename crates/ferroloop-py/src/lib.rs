@@ -32,6 +32,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handle::TimerHandle>()?;
     m.add_class::<transport::datagram::DatagramCore>()?;
     m.add_class::<transport::stream::StreamCore>()?;
+    m.add_class::<transport::tls_pump::TlsPump>()?;
     m.add_class::<sock_ops::SockOp>()?;
     m.add_class::<transport::pipe::ReadPipeCore>()?;
     m.add_class::<transport::pipe::WritePipeCore>()?;

@@ -5,4 +5,5 @@ pub mod datagram;
 pub(crate) mod lifecycle;
 pub mod pipe;
 pub mod stream;
+pub mod tls_pump;
 mod write_buffer;

@@ -371,7 +371,7 @@ impl StreamCore {
     }
 
     /// Sends `data` at once if nothing is queued; queues what the socket does not take.
-    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let payload = payload(data)?;

@@ -1,0 +1,607 @@
+//! `TlsPump`: the per-record hot path of a TLS connection, in Rust, driving the user's own
+//! `ssl.SSLObject` through its two `ssl.MemoryBIO`s.
+//!
+//! `ferroloop._tls.TlsProtocol` is CPython's `asyncio.sslproto.SSLProtocol` (handshake,
+//! shutdown, timeouts, errors and flow control stay exactly asyncio's) with the steady
+//! state handed to this pump while the connection is `WRAPPED`:
+//!
+//! * incoming: the socket transport `recv`s into the pump's buffer (`get_buffer`), the
+//!   bytes go into the incoming BIO, and the pump decrypts with `SSLObject.read` into a
+//!   reused plaintext buffer, asking only while the BIO or the `SSL` object still holds
+//!   bytes — so no `SSLWantReadError` is raised per read and no 256 KiB `bytes` is
+//!   allocated per record; the application gets one `bytes` of exactly what arrived;
+//! * outgoing: the application transport's `write`/`writelines` encrypt at once (one
+//!   `SSLObject.write` for all the buffers of a `writelines`), and the records go straight
+//!   to the Rust socket transport.
+//!
+//! Anything off that path — handshake, shutdown, a paused side, a write backlog, a
+//! `BufferedProtocol` application, an error — runs the `SSLProtocol` method asyncio would
+//! have run, so behaviour and messages are asyncio's. The protocol's flow-control flags and
+//! water marks are mirrored here: `TlsProtocol` overrides every `SSLProtocol` method that
+//! sets one (they are set nowhere else) and pushes them with `sync`.
+
+use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::ffi;
+use pyo3::gc::{PyTraverseError, PyVisit};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple, PyType};
+
+use super::stream::StreamCore;
+use crate::gil_cell::GilCell;
+
+/// Size of the ciphertext and plaintext buffers (asyncio's `SSLProtocol.max_size`).
+const BUFFER_SIZE: usize = 256 * 1024;
+
+/// The message asyncio reports errors of the TLS layer with.
+const FATAL_MESSAGE: &str = "Fatal error on SSL protocol";
+
+/// The parts that change during the connection's life.
+struct PumpState {
+    /// The protocol is in `SSLProtocolState.WRAPPED` (mirrored by `_set_state`).
+    wrapped: bool,
+    /// Mirrors of the protocol's attributes of the same names (see `sync`).
+    flags: Flags,
+    /// `app_protocol.data_received` while the application protocol is a plain
+    /// `asyncio.Protocol` (cached as uvloop does); None for a `BufferedProtocol` or none.
+    data_received: Option<Py<PyAny>>,
+    /// The Rust core of the socket transport below, when it is one of ours.
+    raw_core: Option<Py<StreamCore>>,
+    /// The transport below (any `asyncio.Transport`), while connected.
+    raw_transport: Option<Py<PyAny>>,
+}
+
+/// The protocol's flow-control state, as `SSLProtocol` keeps it.
+#[derive(Default, Clone, Copy)]
+struct Flags {
+    app_reading_paused: bool,
+    ssl_writing_paused: bool,
+    app_writing_paused: bool,
+    ssl_reading_paused: bool,
+    outgoing_high_water: usize,
+    outgoing_low_water: usize,
+    incoming_high_water: usize,
+    incoming_low_water: usize,
+}
+
+/// The Rust hot path of one TLS connection; see the module documentation.
+#[pyclass(module = "ferroloop._core", frozen)]
+pub struct TlsPump {
+    /// The `TlsProtocol` (an `asyncio.sslproto.SSLProtocol`).
+    protocol: Py<PyAny>,
+    /// The protocol's `_write_backlog` deque (created once, in `SSLProtocol.__init__`).
+    backlog: Py<PyAny>,
+    /// Bound methods of the `SSLObject`'s C object: `read`, `write`, `pending`.
+    ssl_read: Py<PyAny>,
+    ssl_write: Py<PyAny>,
+    ssl_pending: Py<PyAny>,
+    /// The incoming BIO and its bound `write`.
+    incoming: Py<PyAny>,
+    incoming_write: Py<PyAny>,
+    /// The outgoing BIO and its bound `read`.
+    outgoing: Py<PyAny>,
+    outgoing_read: Py<PyAny>,
+    /// What the socket transport `recv`s into, and the view handed out by `get_buffer`.
+    cipher: Py<PyByteArray>,
+    cipher_view: Py<PyAny>,
+    /// Where decrypted bytes land before they are copied into one `bytes`.
+    plain: Py<PyByteArray>,
+    state: GilCell<PumpState>,
+}
+
+/// `ssl.SSLWantReadError` and `ssl.SSLWantWriteError` (asyncio's `SSLAgainErrors`).
+fn again_errors(py: Python<'_>) -> PyResult<&Bound<'_, PyTuple>> {
+    static AGAIN: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+    AGAIN
+        .get_or_try_init(py, || {
+            let ssl = py.import("ssl")?;
+            let read: Bound<'_, PyType> = ssl.getattr("SSLWantReadError")?.cast_into()?;
+            let write: Bound<'_, PyType> = ssl.getattr("SSLWantWriteError")?.cast_into()?;
+            Ok(PyTuple::new(py, [read, write])?.unbind())
+        })
+        .map(|t| t.bind(py))
+}
+
+fn is_again(py: Python<'_>, err: &PyErr) -> PyResult<bool> {
+    Ok(err.is_instance(py, again_errors(py)?))
+}
+
+/// A memoryview over `len` bytes at `ptr` (`writable` or read-only), without a copy.
+///
+/// # Safety
+/// `ptr..ptr+len` must stay valid for as long as the view is used; callers pass it only to
+/// a C function that copies out or in before returning.
+unsafe fn raw_view(
+    py: Python<'_>,
+    ptr: *mut u8,
+    len: usize,
+    writable: bool,
+) -> PyResult<Bound<'_, PyMemoryView>> {
+    let flags = if writable {
+        ffi::PyBUF_WRITE
+    } else {
+        ffi::PyBUF_READ
+    };
+    let view = ffi::PyMemoryView_FromMemory(ptr.cast(), len as ffi::Py_ssize_t, flags);
+    Bound::from_owned_ptr_or_err(py, view).map(|v| v.cast_into_unchecked())
+}
+
+/// The start of a bytearray's storage.
+fn storage(array: &Bound<'_, PyByteArray>) -> *mut u8 {
+    // SAFETY: `array` is a live bytearray; the pointer is valid until it is resized, and
+    // the pump's bytearrays are never resized (an exported view pins the cipher buffer,
+    // the plaintext buffer is never exposed).
+    unsafe { ffi::PyByteArray_AsString(array.as_ptr()).cast() }
+}
+
+impl TlsPump {
+    fn wrapped(&self, py: Python<'_>) -> bool {
+        self.state.borrow_mut(py).wrapped
+    }
+
+    fn flags(&self, py: Python<'_>) -> Flags {
+        self.state.borrow_mut(py).flags
+    }
+
+    fn backlog_len(&self, py: Python<'_>) -> PyResult<usize> {
+        self.backlog.bind(py).len()
+    }
+
+    /// asyncio's `except Exception as ex: self._fatal_error(ex, ...)` around the data path;
+    /// `KeyboardInterrupt`, `SystemExit` and other `BaseException`s propagate.
+    fn guard(&self, py: Python<'_>, result: PyResult<()>) -> PyResult<()> {
+        match result {
+            Err(err) if err.is_instance_of::<PyException>(py) => {
+                self.protocol.call_method1(
+                    py,
+                    intern!(py, "_fatal_error"),
+                    (err, FATAL_MESSAGE),
+                )?;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Decrypts what the incoming BIO holds and hands it to the application (asyncio's
+    /// `_do_read` for a non-buffered application that is reading), then flushes.
+    fn read_wrapped(&self, py: Python<'_>) -> PyResult<()> {
+        let protocol = self.protocol.bind(py);
+        let plain = self.plain.bind(py);
+        let base = storage(plain);
+        let mut filled = 0usize;
+        let mut close_notify = false;
+        loop {
+            let room = BUFFER_SIZE - filled;
+            // SAFETY: `base + filled .. base + BUFFER_SIZE` lies inside `plain`, which the
+            // pump keeps alive and never resizes; `read` fills it before returning.
+            let view = unsafe { raw_view(py, base.add(filled), room, true)? };
+            match self.ssl_read.call1(py, (room, view)) {
+                Ok(count) => {
+                    let count: usize = count.extract(py)?;
+                    if count == 0 {
+                        close_notify = true;
+                        break;
+                    }
+                    filled += count;
+                }
+                Err(err) if is_again(py, &err)? => break,
+                Err(err) => return Err(err),
+            }
+            if filled == BUFFER_SIZE {
+                self.deliver(py, protocol, base, filled)?;
+                filled = 0;
+                if !self.wrapped(py) || self.flags(py).app_reading_paused {
+                    break;
+                }
+            }
+            if self.incoming_pending(py)? == 0
+                && self.ssl_pending.call0(py)?.extract::<usize>(py)? == 0
+            {
+                break;
+            }
+        }
+        if filled > 0 {
+            self.deliver(py, protocol, base, filled)?;
+        }
+        if close_notify {
+            protocol.call_method0(intern!(py, "_call_eof_received"))?;
+            protocol.call_method0(intern!(py, "_start_shutdown"))?;
+        }
+        if self.backlog_len(py)? > 0 {
+            protocol.call_method0(intern!(py, "_do_write"))?;
+        } else {
+            self.process_outgoing(py)?;
+        }
+        self.control_ssl_reading(py)
+    }
+
+    /// `app_protocol.data_received(bytes)` with the first `len` plaintext bytes.
+    fn deliver(
+        &self,
+        py: Python<'_>,
+        protocol: &Bound<'_, PyAny>,
+        base: *mut u8,
+        len: usize,
+    ) -> PyResult<()> {
+        // SAFETY: the first `len` bytes of `plain` were just written by `SSLObject.read`.
+        let data = PyBytes::new(py, unsafe { std::slice::from_raw_parts(base, len) });
+        let data_received = self
+            .state
+            .borrow_mut(py)
+            .data_received
+            .as_ref()
+            .map(|d| d.clone_ref(py));
+        match data_received {
+            Some(data_received) => data_received.call1(py, (data,))?,
+            None => protocol
+                .getattr(intern!(py, "_app_protocol"))?
+                .call_method1(intern!(py, "data_received"), (data,))?
+                .unbind(),
+        };
+        Ok(())
+    }
+
+    fn incoming_pending(&self, py: Python<'_>) -> PyResult<usize> {
+        self.incoming
+            .getattr(py, intern!(py, "pending"))?
+            .extract(py)
+    }
+
+    /// asyncio's `_process_outgoing`: moves the outgoing BIO's records to the socket
+    /// transport unless it paused us, then `_control_app_writing`.
+    fn process_outgoing(&self, py: Python<'_>) -> PyResult<()> {
+        if !self.flags(py).ssl_writing_paused {
+            let pending: usize = self
+                .outgoing
+                .getattr(py, intern!(py, "pending"))?
+                .extract(py)?;
+            if pending > 0 {
+                let records = self.outgoing_read.call0(py)?;
+                self.send_raw(py, records.bind(py))?;
+            }
+        }
+        self.control_app_writing(py)
+    }
+
+    /// Hands ciphertext to the socket transport: straight to its Rust core when it is one.
+    fn send_raw(&self, py: Python<'_>, records: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (core, transport) = {
+            let state = self.state.borrow_mut(py);
+            (
+                state.raw_core.as_ref().map(|c| c.clone_ref(py)),
+                state.raw_transport.as_ref().map(|t| t.clone_ref(py)),
+            )
+        };
+        match (core, transport) {
+            (Some(core), _) => StreamCore::write(core.bind(py), records),
+            (None, Some(transport)) => transport
+                .call_method1(py, intern!(py, "write"), (records,))
+                .map(drop),
+            (None, None) => self
+                .protocol
+                .getattr(py, intern!(py, "_transport"))?
+                .call_method1(py, intern!(py, "write"), (records,))
+                .map(drop),
+        }
+    }
+
+    /// asyncio's `_control_app_writing`, run in Python only when it has something to do.
+    fn control_app_writing(&self, py: Python<'_>) -> PyResult<()> {
+        let flags = self.flags(py);
+        let outgoing: usize = self
+            .outgoing
+            .getattr(py, intern!(py, "pending"))?
+            .extract(py)?;
+        let act = if self.backlog_len(py)? > 0 {
+            // The backlog's byte count lives in Python; let it decide.
+            true
+        } else if flags.app_writing_paused {
+            outgoing <= flags.outgoing_low_water
+        } else {
+            outgoing >= flags.outgoing_high_water
+        };
+        if act {
+            self.protocol
+                .call_method0(py, intern!(py, "_control_app_writing"))?;
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_control_ssl_reading`, run in Python only when it has something to do.
+    fn control_ssl_reading(&self, py: Python<'_>) -> PyResult<()> {
+        let flags = self.flags(py);
+        let size = self.incoming_pending(py)?;
+        let act = if flags.ssl_reading_paused {
+            size <= flags.incoming_low_water
+        } else {
+            size >= flags.incoming_high_water
+        };
+        if act {
+            self.protocol
+                .call_method0(py, intern!(py, "_control_ssl_reading"))?;
+        }
+        Ok(())
+    }
+
+    /// Encrypts `data` now and sends the records (asyncio's `_write_appdata` + `_do_write`
+    /// with an empty backlog). Returns false, having done nothing, when the slow path must
+    /// run instead.
+    fn write_now(&self, py: Python<'_>, data: &Bound<'_, PyAny>, len: usize) -> PyResult<bool> {
+        if !self.wrapped(py) || self.flags(py).ssl_writing_paused || self.backlog_len(py)? > 0 {
+            return Ok(false);
+        }
+        let written = match self.ssl_write.call1(py, (data,)) {
+            Ok(count) => count.extract::<usize>(py)?,
+            Err(err) if is_again(py, &err)? => return Ok(false),
+            Err(err) => {
+                self.guard(py, Err(err))?;
+                return Ok(true);
+            }
+        };
+        if written < len {
+            // SSL_write without partial writes takes all or nothing; kept for safety.
+            let rest = PyMemoryView::from(data)?.get_item(pyo3::types::PySlice::new(
+                py,
+                written as isize,
+                len as isize,
+                1,
+            ))?;
+            self.write_appdata(py, (rest,))?;
+            return Ok(true);
+        }
+        let flushed = self.process_outgoing(py);
+        self.guard(py, flushed)?;
+        Ok(true)
+    }
+
+    fn write_appdata<'py>(
+        &self,
+        py: Python<'py>,
+        list_of_data: impl IntoPyObject<'py>,
+    ) -> PyResult<()> {
+        self.protocol
+            .call_method1(py, intern!(py, "_write_appdata"), (list_of_data,))
+            .map(drop)
+    }
+}
+
+/// The length of a `write()` argument, or asyncio's TypeError for anything not bytes-like.
+fn bytes_like_len(data: &Bound<'_, PyAny>) -> PyResult<usize> {
+    if let Ok(bytes) = data.cast::<PyBytes>() {
+        return Ok(bytes.as_bytes().len());
+    }
+    if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+        return data.len().or_else(|_| {
+            // A multi-dimensional memoryview: its length in bytes.
+            data.getattr("nbytes")?.extract()
+        });
+    }
+    Err(PyTypeError::new_err(format!(
+        "data: expecting a bytes-like instance, got {}",
+        data.get_type().name()?
+    )))
+}
+
+#[pymethods]
+impl TlsPump {
+    /// `TlsPump(protocol, sslobj, incoming, outgoing)`: the pump of `protocol`, an
+    /// `SSLProtocol` whose `SSLObject` and BIOs are given.
+    #[new]
+    fn py_new(
+        py: Python<'_>,
+        protocol: Py<PyAny>,
+        sslobj: &Bound<'_, PyAny>,
+        incoming: &Bound<'_, PyAny>,
+        outgoing: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        // `ssl.SSLObject` is a Python wrapper whose methods forward to a C object; calling
+        // that one saves a Python frame per call.
+        let native = match sslobj.getattr(intern!(py, "_sslobj")) {
+            Ok(native) if !native.is_none() => native,
+            _ => sslobj.clone(),
+        };
+        let cipher = PyByteArray::new_with(py, BUFFER_SIZE, |_| Ok(()))?;
+        let cipher_view = PyMemoryView::from(cipher.as_any())?.into_any().unbind();
+        let plain = PyByteArray::new_with(py, BUFFER_SIZE, |_| Ok(()))?;
+        let backlog = protocol.getattr(py, intern!(py, "_write_backlog"))?;
+        Ok(TlsPump {
+            protocol,
+            backlog,
+            ssl_read: native.getattr(intern!(py, "read"))?.unbind(),
+            ssl_write: native.getattr(intern!(py, "write"))?.unbind(),
+            ssl_pending: native.getattr(intern!(py, "pending"))?.unbind(),
+            incoming: incoming.clone().unbind(),
+            incoming_write: incoming.getattr(intern!(py, "write"))?.unbind(),
+            outgoing: outgoing.clone().unbind(),
+            outgoing_read: outgoing.getattr(intern!(py, "read"))?.unbind(),
+            cipher: cipher.unbind(),
+            cipher_view,
+            plain: plain.unbind(),
+            state: GilCell::new(PumpState {
+                wrapped: false,
+                flags: Flags::default(),
+                data_received: None,
+                raw_core: None,
+                raw_transport: None,
+            }),
+        })
+    }
+
+    /// Mirrors `SSLProtocolState.WRAPPED` (the protocol's `_set_state` calls this).
+    fn set_wrapped(&self, py: Python<'_>, wrapped: bool) {
+        self.state.borrow_mut(py).wrapped = wrapped;
+    }
+
+    /// Copies the protocol's flow-control attributes and application protocol into the
+    /// pump; `TlsProtocol` calls it after every method that changes one of them.
+    fn sync(&self, py: Python<'_>) -> PyResult<()> {
+        let protocol = self.protocol.bind(py);
+        let get = |name: &str| protocol.getattr(name);
+        let flags = Flags {
+            app_reading_paused: get("_app_reading_paused")?.is_truthy()?,
+            ssl_writing_paused: get("_ssl_writing_paused")?.is_truthy()?,
+            app_writing_paused: get("_app_writing_paused")?.is_truthy()?,
+            ssl_reading_paused: get("_ssl_reading_paused")?.is_truthy()?,
+            outgoing_high_water: get("_outgoing_high_water")?.extract()?,
+            outgoing_low_water: get("_outgoing_low_water")?.extract()?,
+            incoming_high_water: get("_incoming_high_water")?.extract()?,
+            incoming_low_water: get("_incoming_low_water")?.extract()?,
+        };
+        let app = get("_app_protocol")?;
+        let data_received = if app.is_none() || get("_app_protocol_is_buffer")?.is_truthy()? {
+            None
+        } else {
+            Some(app.getattr(intern!(py, "data_received"))?.unbind())
+        };
+        let old = {
+            let mut state = self.state.borrow_mut(py);
+            state.flags = flags;
+            std::mem::replace(&mut state.data_received, data_received)
+        };
+        drop(old);
+        Ok(())
+    }
+
+    /// The socket transport below.
+    fn attach(&self, py: Python<'_>, transport: Option<Bound<'_, PyAny>>) {
+        let core = transport.as_ref().and_then(|t| {
+            t.getattr(intern!(py, "_core"))
+                .ok()
+                .and_then(|c| c.cast_into::<StreamCore>().ok())
+                .map(Bound::unbind)
+        });
+        let old = {
+            let mut state = self.state.borrow_mut(py);
+            (
+                std::mem::replace(&mut state.raw_core, core),
+                std::mem::replace(&mut state.raw_transport, transport.map(Bound::unbind)),
+            )
+        };
+        drop(old);
+    }
+
+    /// Forgets the transport below and the application protocol: the connection is lost.
+    fn detach(&self, py: Python<'_>) {
+        let old = {
+            let mut state = self.state.borrow_mut(py);
+            state.wrapped = false;
+            (
+                state.raw_core.take(),
+                state.raw_transport.take(),
+                state.data_received.take(),
+            )
+        };
+        drop(old);
+    }
+
+    /// `BufferedProtocol.get_buffer`: the ciphertext buffer (its whole size).
+    #[pyo3(signature = (sizehint = -1))]
+    fn get_buffer(&self, py: Python<'_>, sizehint: isize) -> Py<PyAny> {
+        let _ = sizehint;
+        self.cipher_view.clone_ref(py)
+    }
+
+    /// `BufferedProtocol.buffer_updated`: `nbytes` of ciphertext arrived in the buffer.
+    fn buffer_updated(&self, py: Python<'_>, nbytes: isize) -> PyResult<()> {
+        if nbytes <= 0 || nbytes as usize > BUFFER_SIZE {
+            return Err(PyValueError::new_err(format!(
+                "buffer_updated: nbytes must be in 1..={BUFFER_SIZE}, got {nbytes}"
+            )));
+        }
+        let cipher = self.cipher.bind(py);
+        // SAFETY: the first `nbytes` of the pinned cipher buffer; `MemoryBIO.write` copies
+        // them before returning.
+        let view = unsafe { raw_view(py, storage(cipher), nbytes as usize, false)? };
+        self.incoming_write.call1(py, (view,))?;
+        let protocol = self.protocol.bind(py);
+        let (wrapped, paused, plain_app) = {
+            let state = self.state.borrow_mut(py);
+            (
+                state.wrapped,
+                state.flags.app_reading_paused,
+                state.data_received.is_some(),
+            )
+        };
+        if !wrapped {
+            protocol.call_method0(intern!(py, "_dispatch_incoming"))?;
+            return Ok(());
+        }
+        if paused || !plain_app {
+            protocol.call_method0(intern!(py, "_do_read"))?;
+            return Ok(());
+        }
+        let result = self.read_wrapped(py);
+        self.guard(py, result)
+    }
+
+    /// `SSLProtocol._process_outgoing`, for the protocol's own (slow-path) callers.
+    fn process_outgoing_now(&self, py: Python<'_>) -> PyResult<()> {
+        self.process_outgoing(py)
+    }
+
+    /// The application transport's `write(data)`.
+    fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let len = bytes_like_len(data)?;
+        if len == 0 {
+            return Ok(());
+        }
+        if !self.write_now(py, data, len)? {
+            self.write_appdata(py, (data,))?;
+        }
+        Ok(())
+    }
+
+    /// The application transport's `writelines(list_of_data)`: one `SSLObject.write` for
+    /// all the buffers, so they share records instead of one record (at least) each.
+    fn writelines(&self, py: Python<'_>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let items: Vec<Bound<'_, PyAny>> = list_of_data.try_iter()?.collect::<PyResult<_>>()?;
+        let joined = PyBytes::new(py, b"").call_method1(intern!(py, "join"), (&items,));
+        let joined = match joined {
+            Ok(joined) => joined,
+            // Not all bytes-like: asyncio queues them anyway and fails on the write.
+            Err(_) => return self.write_appdata(py, items),
+        };
+        let len = joined.len()?;
+        if len == 0 {
+            return Ok(());
+        }
+        if !self.write_now(py, &joined, len)? {
+            self.write_appdata(py, (joined,))?;
+        }
+        Ok(())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.protocol)?;
+        visit.call(&self.backlog)?;
+        visit.call(&self.ssl_read)?;
+        visit.call(&self.ssl_write)?;
+        visit.call(&self.ssl_pending)?;
+        visit.call(&self.incoming)?;
+        visit.call(&self.incoming_write)?;
+        visit.call(&self.outgoing)?;
+        visit.call(&self.outgoing_read)?;
+        visit.call(&self.cipher_view)?;
+        if let Some(state) = self.state.try_borrow_in_gc() {
+            visit.call(&state.raw_core)?;
+            visit.call(&state.data_received)?;
+            visit.call(&state.raw_transport)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the references to the transport below; the protocol's own `__dict__` is what
+    /// the collector clears to break the protocol <-> pump cycle.
+    fn __clear__(&self) {
+        let released = self.state.try_borrow_in_gc().map(|mut state| {
+            (
+                state.raw_core.take(),
+                state.raw_transport.take(),
+                state.data_received.take(),
+            )
+        });
+        drop(released);
+    }
+}
