@@ -19,6 +19,9 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
 /// Longest a handshake may block on one read or write.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes asked of the socket per `recv`. rustls's `read_tls` reads at most 4 KiB at a
+/// time, so records come through this buffer: fewer system calls for large replies.
+const INBOX: usize = 64 * 1024;
 
 /// What every connection of a run shares: the client configuration (trusting only the
 /// `--ca` certificates) and the name the server's certificate must carry.
@@ -77,6 +80,9 @@ impl TlsClient {
         let mut stream = TlsStream {
             sock,
             conn,
+            inbox: vec![0; INBOX],
+            start: 0,
+            end: 0,
             full: false,
         };
         stream.flush()?;
@@ -89,6 +95,10 @@ impl TlsClient {
 pub struct TlsStream {
     sock: TcpStream,
     conn: ClientConnection,
+    /// Received records; `inbox[start..end]` is not yet handed to rustls.
+    inbox: Vec<u8>,
+    start: usize,
+    end: usize,
     /// The last `read` filled the caller's buffer: rustls may hold more plaintext, which
     /// no readiness report would announce.
     full: bool,
@@ -101,14 +111,16 @@ impl TlsStream {
     }
 
     /// Reads plaintext into `buf`: what rustls has already decrypted, then records from
-    /// the socket until it would block or `buf` is full. `Ok(0)` is the end of the
+    /// the socket until a `recv` returns less than it asked for (the socket is drained:
+    /// no second call just to see `EAGAIN`) or `buf` is full. `Ok(0)` is the end of the
     /// connection (with or without `close_notify`).
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut filled = 0;
+        let mut drained = false;
         self.full = false;
         loop {
             match self.conn.reader().read(&mut buf[filled..]) {
-                Ok(0) if filled < buf.len() => return Ok(filled), // close_notify
+                Ok(0) => return Ok(filled), // close_notify: `buf[filled..]` is never empty
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(filled),
@@ -118,18 +130,45 @@ impl TlsStream {
                 self.full = true;
                 return Ok(filled);
             }
-            match self.conn.read_tls(&mut self.sock) {
-                // Ok(0) is EOF: rustls notes it, and the reader reports it above.
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && filled > 0 => return Ok(filled),
+            if self.start < self.end {
+                let n = self.conn.read_tls(&mut &self.inbox[self.start..self.end])?;
+                // Zero only after close_notify, which the reader reports above.
+                self.start = if n == 0 { self.end } else { self.start + n };
+                self.process()?;
+                continue;
+            }
+            if drained {
+                break;
+            }
+            match self.sock.read(&mut self.inbox) {
+                Ok(0) => {
+                    // EOF: rustls notes it, and the reader reports it above.
+                    self.conn.read_tls(&mut io::empty())?;
+                    self.process()?;
+                    drained = true;
+                }
+                Ok(n) => {
+                    (self.start, self.end) = (0, n);
+                    drained = n < self.inbox.len();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
-            if let Err(e) = self.conn.process_new_packets() {
-                // Tell the server why, as far as the socket takes it.
-                let _ = self.flush();
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-            }
         }
+        if filled == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(filled)
+    }
+
+    /// Decrypts the records rustls has; on a TLS error, sends the alert rustls made.
+    fn process(&mut self) -> io::Result<()> {
+        if let Err(e) = self.conn.process_new_packets() {
+            let _ = self.flush();
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        Ok(())
     }
 
     /// Encrypts as much of `buf` as rustls buffers and sends what the socket takes.
