@@ -16,8 +16,8 @@ uvloop, and the server's CPU time per 1000 responses (from /proc/PID/stat, over 
 measured window only) with the ratio to the Rust ceiling. See bench/net/README.md.
 
 Suites: ``net`` (TCP echo and HTTP, the default), ``udp`` (datagram echo), ``tls`` (TLS echo
-and HTTPS, driven by ``tls_client.py``), ``spawn`` (``spawn_bench.py``, one process per loop
-and repetition), ``all``.
+and HTTPS, driven by ``loadgen --tls``, built with the cargo feature ``tls``), ``spawn``
+(``spawn_bench.py``, one process per loop and repetition), ``all``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 SERVERS = HERE / "servers.py"
-TLS_CLIENT = HERE / "tls_client.py"
 SPAWN_BENCH = HERE / "spawn_bench.py"
 RUST = "rust"
 ECHO_KINDS = ["proto", "bufproto", "streams", "sockets"]
@@ -319,10 +318,7 @@ class Server:
 
 
 def client_cpu(sc: Scenario, args: argparse.Namespace) -> int | None:
-    """Where the load generator runs: see --placement. The TLS client (Python, one thread
-    per connection) always runs on the other CPU unless --placement colocate."""
-    if sc.tls and args.placement != "colocate":
-        return args.client_cpu
+    """Where the load generator runs: see --placement."""
     if args.placement == "colocate" or (args.placement == "auto" and sc.conns == 1):
         return args.server_cpu
     return args.client_cpu
@@ -332,12 +328,8 @@ def run_load(server: Server, sc: Scenario, args: argparse.Namespace) -> dict:
     """Runs the load generator once against a ready server; returns its result."""
     assert server.proc is not None and server.addr is not None
     stall = max(1.0, 0.5 * (args.warmup + args.duration))
-    if sc.tls:
-        client = [args.python, str(TLS_CLIENT), "--ca", str(server.ca)]
-    else:
-        client = [str(args.loadgen)]
     cmd = [
-        *client,
+        str(args.loadgen),
         "--mode",
         sc.mode,
         "--addr",
@@ -355,6 +347,9 @@ def run_load(server: Server, sc: Scenario, args: argparse.Namespace) -> dict:
         "--server-pid",
         str(server.proc.pid),
     ]
+    if sc.tls:
+        cmd += ["--tls", "--ca", str(server.ca)]
+    # With TLS every connection's handshake comes first, one after the other.
     timeout = args.warmup + args.duration + stall + 30 + (sc.conns * 0.2 if sc.tls else 0)
     busy0, srv0, kids0, t0 = (
         busy_seconds(),
@@ -413,7 +408,8 @@ def run_load(server: Server, sc: Scenario, args: argparse.Namespace) -> dict:
 # -- the run -----------------------------------------------------------------------------
 
 
-def build(args: argparse.Namespace) -> None:
+def build(args: argparse.Namespace, tls: bool) -> None:
+    """Builds loadgen (with the cargo feature ``tls`` when ``tls``) and the Rust echo server."""
     meta = subprocess.run(
         ["cargo", "metadata", "--no-deps", "--format-version", "1"],
         cwd=ROOT,
@@ -426,8 +422,9 @@ def build(args: argparse.Namespace) -> None:
     args.echo_server = target / "examples" / "echo_server"
     if args.no_build:
         return
+    loadgen = ["cargo", "build", "--release", "-q", "-p", "ferroloop-loadgen"]
     for cmd in (
-        ["cargo", "build", "--release", "-q", "-p", "ferroloop-loadgen"],
+        loadgen + (["--features", "tls"] if tls else []),
         ["cargo", "build", "--release", "-q", "-p", "ferroloop-core", "--example", "echo_server"],
     ):
         log(f"$ {shlex.join(cmd)}")
@@ -537,7 +534,7 @@ def format_table(title: str, header: list[str], rows: list[list[str]], markdown:
 SUITE_TITLES = {
     "net": ("Requests/s", "the load generator"),
     "udp": ("UDP echo: datagrams/s", "the load generator"),
-    "tls": ("TLS: requests/s", "the TLS client (tls_client.py)"),
+    "tls": ("TLS: requests/s", "the load generator"),
 }
 
 
@@ -844,7 +841,7 @@ def main() -> int:
     if not scenarios and not spawn:
         log("no scenario matches --filter")
         return 1
-    build(args)
+    build(args, tls=any(s.tls for s in scenarios))
     version = subprocess.run(
         [args.python, "-c", "import sys; print(sys.version.split()[0])"],
         capture_output=True,

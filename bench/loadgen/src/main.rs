@@ -13,7 +13,11 @@
 //! loadgen --mode echo --unix /tmp/echo.sock -c 1 -s 100k
 //! loadgen --mode http --addr 127.0.0.1:8080 -c 100 -s 1k --server-pid 1234
 //! loadgen --mode udp --addr 127.0.0.1:25001 -c 10 -s 64
+//! loadgen --mode http --addr 127.0.0.1:8443 --tls --ca ca.pem -c 10 -s 1k
 //! ```
+//!
+//! `--tls` (echo and http over TCP) needs the cargo feature `tls` (rustls with ring); every
+//! connection completes its handshake before the warm-up starts. See `tls.rs`.
 //!
 //! Exit status: 0 for a clean run, 2 when there were errors or no replies were counted,
 //! 1 for bad arguments or when a connection could not be made.
@@ -21,6 +25,10 @@
 mod hist;
 mod http;
 mod payload;
+#[cfg_attr(not(feature = "tls"), path = "tls_off.rs")]
+mod tls;
+#[cfg(all(test, feature = "tls"))]
+mod tls_tests;
 mod worker;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -48,6 +56,10 @@ usage: loadgen [--mode echo|http|udp] (--addr HOST:PORT | --unix PATH) [options]
   -w, --warmup S       unmeasured seconds before (default 1)
   --stall S            a reply outstanding this long is an error (default 5)
   --server-pid PID     also report that process's CPU seconds over the measured window
+  --tls                TLS over TCP (echo and http modes); needs the `tls` cargo feature
+  --ca FILE            with --tls: PEM file of the CA certificate(s) to trust (required)
+  --sni NAME           with --tls: the name the server's certificate must carry (default:
+                       the host of --addr; an IP address is checked against IP SANs)
 ";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +110,11 @@ pub struct Config {
 struct Options {
     mode: Mode,
     target: Option<Target>,
+    /// The host part of `--addr` as given, the default `--sni`.
+    host: Option<String>,
+    tls: bool,
+    ca: Option<PathBuf>,
+    sni: Option<String>,
     connections: usize,
     threads: usize,
     size: usize,
@@ -160,10 +177,22 @@ fn loopback_addr(text: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// The host part of `HOST:PORT` (brackets of `[IPv6]:PORT` removed).
+fn host_of(text: &str) -> String {
+    let host = text.rsplit_once(':').map_or(text, |(host, _)| host);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned()
+}
+
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
     let mut options = Options {
         mode: Mode::Echo,
         target: None,
+        host: None,
+        tls: false,
+        ca: None,
+        sni: None,
         connections: 10,
         threads: 1,
         size: 1024,
@@ -195,7 +224,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
                     other => return Err(format!("--mode: echo, http or udp, not {other:?}")),
                 }
             }
-            "--addr" => options.target = Some(Target::Tcp(loopback_addr(&value()?)?)),
+            "--addr" => {
+                let text = value()?;
+                options.target = Some(Target::Tcp(loopback_addr(&text)?));
+                options.host = Some(host_of(&text));
+            }
             "--unix" => options.target = Some(Target::Unix(PathBuf::from(value()?))),
             "-c" | "--connections" => options.connections = parse_count(&name, &value()?, 10_000)?,
             "-t" | "--threads" => options.threads = parse_count(&name, &value()?, 256)?,
@@ -203,6 +236,10 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
             "-d" | "--duration" => options.duration = parse_seconds(&name, &value()?)?,
             "-w" | "--warmup" => options.warmup = parse_seconds(&name, &value()?)?,
             "--stall" => options.stall = parse_seconds(&name, &value()?)?,
+            "--tls" if inline.is_some() => return Err("--tls takes no value".into()),
+            "--tls" => options.tls = true,
+            "--ca" => options.ca = Some(PathBuf::from(value()?)),
+            "--sni" => options.sni = Some(value()?),
             "--server-pid" => {
                 let text = value()?;
                 let pid = text
@@ -232,6 +269,16 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
                 "--mode udp: size must be at most {MAX_DATAGRAM} bytes"
             ));
         }
+    }
+    if options.tls {
+        if options.mode == Mode::Udp || !matches!(options.target, Some(Target::Tcp(_))) {
+            return Err("--tls works with --addr in the echo and http modes".into());
+        }
+        if options.ca.is_none() {
+            return Err("--tls needs --ca FILE (the CA certificate to trust)".into());
+        }
+    } else if options.ca.is_some() || options.sni.is_some() {
+        return Err("--ca and --sni go with --tls".into());
     }
     options.threads = options.threads.min(options.connections);
     Ok(options)
@@ -318,11 +365,26 @@ fn main() -> ExitCode {
     };
     let target = options.target.clone().expect("checked by parse_args");
     let target_text = target.to_string();
+    let tls = if options.tls {
+        let ca = options.ca.as_deref().expect("checked by parse_args");
+        let sni = options
+            .sni
+            .as_deref()
+            .or(options.host.as_deref())
+            .unwrap_or("");
+        match tls::TlsClient::new(ca, sni) {
+            Ok(client) => Some(client),
+            Err(message) => return fatal(&target_text, &message),
+        }
+    } else {
+        None
+    };
 
-    // Connect everything first, so connection set-up is neither measured nor warm-up.
+    // Connect everything first (with TLS: and complete the handshakes), so connection
+    // set-up is neither measured nor warm-up.
     let mut per_thread: Vec<Vec<(u32, Stream)>> = (0..options.threads).map(|_| vec![]).collect();
     for id in 0..options.connections {
-        match Stream::connect(&target, options.mode) {
+        match Stream::connect(&target, options.mode, tls.as_ref()) {
             Ok(stream) => per_thread[id % options.threads].push((id as u32, stream)),
             Err(e) => return fatal(&target_text, &format!("connect {target_text}: {e}")),
         }
@@ -381,7 +443,8 @@ fn main() -> ExitCode {
     let ok = total.errors == 0 && total.requests > 0;
     println!(
         concat!(
-            "{{\"ok\": {}, \"mode\": {}, \"target\": {}, \"connections\": {}, \"threads\": {}, ",
+            "{{\"ok\": {}, \"mode\": {}, \"tls\": {}, \"target\": {}, \"connections\": {}, ",
+            "\"threads\": {}, ",
             "\"size\": {}, \"warmup_s\": {}, \"duration_s\": {}, \"requests\": {}, ",
             "\"rps\": {}, \"mib_s\": {}, \"latency_us\": {{\"mean\": {}, \"p50\": {}, ",
             "\"p90\": {}, \"p99\": {}, \"p999\": {}, \"max\": {}}}, \"errors\": {}, ",
@@ -389,6 +452,7 @@ fn main() -> ExitCode {
         ),
         ok,
         json_string(options.mode.name()),
+        options.tls,
         json_string(&target_text),
         options.connections,
         options.threads,
@@ -448,6 +512,37 @@ mod tests {
         assert!(parse_args(args("--mode udp --unix /tmp/x")).is_err());
         assert!(parse_args(args("--mode udp --addr 127.0.0.1:9 -s 64k")).is_err());
         assert!(parse_args(args("--mode udp --addr 127.0.0.1:9 -s 65507")).is_ok());
+    }
+
+    #[test]
+    fn tls_arguments() {
+        let options = parse_args(args("--addr 127.0.0.1:9 --tls --ca ca.pem")).unwrap();
+        assert!(options.tls);
+        assert_eq!(options.host.as_deref(), Some("127.0.0.1"));
+        assert_eq!(options.sni, None);
+        let options = parse_args(args("--addr [::1]:9 --tls --ca ca.pem --sni=localhost")).unwrap();
+        assert_eq!(options.host.as_deref(), Some("::1"));
+        assert_eq!(options.sni.as_deref(), Some("localhost"));
+        assert!(
+            parse_args(args("--addr 127.0.0.1:9 --tls")).is_err(),
+            "--ca is required"
+        );
+        assert!(
+            parse_args(args("--addr 127.0.0.1:9 --ca ca.pem")).is_err(),
+            "without --tls"
+        );
+        assert!(parse_args(args("--mode udp --addr 127.0.0.1:9 --tls --ca x")).is_err());
+        assert!(parse_args(args("--unix /tmp/x --tls --ca x")).is_err());
+        assert!(parse_args(args("--addr 127.0.0.1:9 --tls=1 --ca x")).is_err());
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_without_the_feature_says_how_to_get_it() {
+        let message = tls::TlsClient::new(std::path::Path::new("ca.pem"), "127.0.0.1")
+            .err()
+            .expect("a build without the tls feature made a TLS client");
+        assert!(message.contains("--features tls"), "{message}");
     }
 
     #[test]

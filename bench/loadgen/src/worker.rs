@@ -11,6 +11,7 @@ use ferroloop_core::poll::{Events, Interest, Poller};
 use crate::hist::Histogram;
 use crate::http::{self, Progress};
 use crate::payload::{self, Pattern};
+use crate::tls::{TlsClient, TlsStream};
 use crate::{Config, Mode, Target};
 
 /// Size of the read buffer every connection of a thread shares.
@@ -20,17 +21,20 @@ const MAX_WAIT: Duration = Duration::from_millis(50);
 /// Error messages kept per thread.
 const MAX_SAMPLES: usize = 5;
 
-/// A connected, non-blocking socket: a stream, or a UDP socket connected to the server
-/// (one `send` is one datagram, one `recv` one datagram).
+/// A connected, non-blocking socket: a stream, a UDP socket connected to the server (one
+/// `send` is one datagram, one `recv` one datagram), or TLS over TCP (`read` and `write`
+/// move plaintext).
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
     Udp(UdpSocket),
+    Tls(Box<TlsStream>),
 }
 
 impl Stream {
-    /// Connects (blocking, bounded for TCP), then switches to non-blocking mode.
-    pub fn connect(target: &Target, mode: Mode) -> io::Result<Stream> {
+    /// Connects (blocking, bounded for TCP), completes the TLS handshake when `tls` is
+    /// given (TCP only), then switches to non-blocking mode.
+    pub fn connect(target: &Target, mode: Mode, tls: Option<&TlsClient>) -> io::Result<Stream> {
         let stream = match target {
             Target::Tcp(addr) if mode == Mode::Udp => {
                 let local: SocketAddr = if addr.is_ipv4() {
@@ -45,7 +49,10 @@ impl Stream {
             Target::Tcp(addr) => {
                 let stream = TcpStream::connect_timeout(addr, Duration::from_secs(5))?;
                 stream.set_nodelay(true)?;
-                Stream::Tcp(stream)
+                match tls {
+                    Some(tls) => return Ok(Stream::Tls(Box::new(tls.handshake(stream)?))),
+                    None => Stream::Tcp(stream),
+                }
             }
             Target::Unix(path) => Stream::Unix(UnixStream::connect(path)?),
         };
@@ -53,6 +60,7 @@ impl Stream {
             Stream::Tcp(s) => s.set_nonblocking(true)?,
             Stream::Unix(s) => s.set_nonblocking(true)?,
             Stream::Udp(s) => s.set_nonblocking(true)?,
+            Stream::Tls(_) => unreachable!("returned above, already non-blocking"),
         }
         Ok(stream)
     }
@@ -62,6 +70,7 @@ impl Stream {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
             Stream::Udp(s) => s.as_raw_fd(),
+            Stream::Tls(s) => s.fd(),
         }
     }
 
@@ -70,6 +79,7 @@ impl Stream {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
             Stream::Udp(s) => s.recv(buf),
+            Stream::Tls(s) => s.read(buf),
         }
     }
 
@@ -79,6 +89,32 @@ impl Stream {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
             Stream::Udp(s) => s.send(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    /// Sends what TLS has encrypted but not yet sent (nothing to do for plain sockets).
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tls(s) => s.flush(),
+            _ => Ok(()),
+        }
+    }
+
+    /// TLS records are waiting for the socket to take them.
+    fn wants_write(&self) -> bool {
+        match self {
+            Stream::Tls(s) => s.wants_write(),
+            _ => false,
+        }
+    }
+
+    /// Received bytes may be waiting in user space, where no readiness report announces
+    /// them (TLS plaintext that did not fit the last read).
+    fn buffered(&self) -> bool {
+        match self {
+            Stream::Tls(s) => s.buffered(),
+            _ => false,
         }
     }
 }
@@ -230,7 +266,7 @@ impl Conn {
     fn wanted(&self) -> Interest {
         Interest {
             readable: true,
-            writable: self.sent < self.out.len(),
+            writable: self.sent < self.out.len() || self.stream.wants_write(),
         }
     }
 }
@@ -352,13 +388,36 @@ fn handle(
     buffer: &mut [u8],
     event: ferroloop_core::poll::Event,
 ) -> Step {
-    if event.writable && conn.sent < conn.out.len() {
-        conn.send_some()?;
+    if event.writable {
+        conn.stream
+            .flush()
+            .map_err(|e| format!("connection {}: send: {e}", conn.id))?;
+        if conn.sent < conn.out.len() {
+            conn.send_some()?;
+        }
     }
     if !event.readable {
         return Ok(());
     }
-    // One read per report: level triggering brings us back when more is waiting.
+    // One read per report: level triggering brings us back when more is waiting in the
+    // socket. Only plaintext TLS holds in user space is read again at once.
+    loop {
+        receive(config, pattern, conn, outcome, buffer)?;
+        if !conn.stream.buffered() {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads once from `conn` and takes what came; sends the next request after a complete
+/// reply.
+fn receive(
+    config: &Config,
+    pattern: &Pattern,
+    conn: &mut Conn,
+    outcome: &mut Outcome,
+    buffer: &mut [u8],
+) -> Step {
     let n = match conn.stream.read(buffer) {
         Ok(0) if matches!(conn.stream, Stream::Udp(_)) => {
             return Err(format!("socket {}: empty datagram", conn.id))
