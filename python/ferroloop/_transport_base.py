@@ -90,6 +90,11 @@ class SocketTransportBase(CoreTransport, WriteFlowControl):
     def _sock_fd(self):
         return self._core.fd
 
+    @property
+    def _paused(self):
+        # asyncio's selector transports expose this; Python 3.10's SSLProtocol reads it.
+        return not self._core.is_reading() and not self._core.is_closing()
+
     def close(self):
         """Sends what is queued, then closes; connection_lost(None) follows."""
         self._core.close()
