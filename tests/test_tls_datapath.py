@@ -293,3 +293,33 @@ def test_reading_records_allocates_no_large_buffers(server_context, client_conte
         loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="the Rust data path hooks the SSLProtocol of 3.11+"
+)
+def test_tls_connections_keep_no_read_buffer_of_their_own(server_context, client_context):
+    """asyncio's SSLProtocol holds a 256 KiB bytearray per connection; ferroloop's TLS
+    connections on a thread share one."""
+    loop = ferroloop.new_event_loop()
+
+    async def main():
+        first = await tls_pair(loop, server_context, client_context)
+        tracemalloc.start()
+        try:
+            pairs = [await tls_pair(loop, server_context, client_context) for _ in range(10)]
+            for _, server_proto, client, _ in pairs:
+                client.write(b"hello")
+                await wait_for_bytes(server_proto, 5)
+            current, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        # 20 TLS endpoints; asyncio's buffers alone would be 5 MiB.
+        assert current < 20 * 64 * 1024, current
+        for pair in [first, *pairs]:
+            await close_both(*pair)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()

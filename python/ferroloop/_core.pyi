@@ -111,7 +111,15 @@ class Loop:
 class TlsPump:
     """The Rust steady state of a TLS connection (see ferroloop._tls.TlsProtocol)."""
 
-    def __init__(self, protocol: Any, sslobj: Any, incoming: Any, outgoing: Any) -> None: ...
+    def __init__(
+        self,
+        protocol: Any,
+        sslobj: Any,
+        incoming: Any,
+        outgoing: Any,
+        buffer: bytearray,
+        view: memoryview,
+    ) -> None: ...
     def set_wrapped(self, wrapped: bool) -> None: ...
     def sync(self) -> None: ...
     def attach(self, transport: Any) -> None: ...

@@ -10,12 +10,28 @@ not complete fails the waiter, and the raw transport is closed.
 from __future__ import annotations
 
 import ssl as ssl_module
+import threading
 from asyncio import sslproto
 
 from ._core import TlsPump
 from ._stream import make_socket_transport
 
 _State = getattr(sslproto, "SSLProtocolState", None)
+
+# Reads never nest on a thread, so the TLS connections of a thread share one buffer: the
+# socket is read into it, then (its bytes copied into the incoming BIO) it takes the
+# decrypted data. asyncio's SSLProtocol keeps 256 KiB per connection instead.
+_BUFFER_SIZE = 256 * 1024
+_per_thread = threading.local()
+
+
+def _shared_buffer():
+    """This thread's `(bytearray, memoryview)` for TLS reads."""
+    shared = getattr(_per_thread, "buffer", None)
+    if shared is None:
+        buffer = bytearray(_BUFFER_SIZE)
+        shared = _per_thread.buffer = (buffer, memoryview(buffer))
+    return shared
 
 
 class TlsProtocol(sslproto.SSLProtocol):
@@ -31,7 +47,10 @@ class TlsProtocol(sslproto.SSLProtocol):
     def __init__(self, *args, **kwargs):
         self._pump = None
         super().__init__(*args, **kwargs)
-        pump = TlsPump(self, self._sslobj, self._incoming, self._outgoing)
+        # The base class's own 256 KiB read buffer is never used while the pump reads.
+        self._ssl_buffer = bytearray()
+        self._ssl_buffer_view = memoryview(self._ssl_buffer)
+        pump = TlsPump(self, self._sslobj, self._incoming, self._outgoing, *_shared_buffer())
         self._pump = pump
         pump.sync()
         # Instance attributes, so the socket transport and the application call the pump

@@ -5,11 +5,13 @@
 //! shutdown, timeouts, errors and flow control stay exactly asyncio's) with the steady
 //! state handed to this pump while the connection is `WRAPPED`:
 //!
-//! * incoming: the socket transport `recv`s into the pump's buffer (`get_buffer`), the
-//!   bytes go into the incoming BIO, and the pump decrypts with `SSLObject.read` into a
-//!   reused plaintext buffer, asking only while the BIO or the `SSL` object still holds
-//!   bytes — so no `SSLWantReadError` is raised per read and no 256 KiB `bytes` is
-//!   allocated per record; the application gets one `bytes` of exactly what arrived;
+//! * incoming: the socket transport `recv`s into a buffer (`get_buffer`), the bytes go
+//!   into the incoming BIO, and the pump decrypts with `SSLObject.read` into that same
+//!   buffer (the BIO has copied the ciphertext out), asking only while the BIO or the
+//!   `SSL` object still holds bytes — so no `SSLWantReadError` is raised per read and no
+//!   256 KiB `bytes` is allocated per read; the application gets one `bytes` of exactly
+//!   what arrived. Reads never nest on a thread, so every pump of a thread shares one
+//!   buffer (`ferroloop._tls` hands it out): a TLS connection costs no 256 KiB of its own;
 //! * outgoing: the application transport's `write`/`writelines` encrypt at once (one
 //!   `SSLObject.write` for all the buffers of a `writelines`), and the records go straight
 //!   to the Rust socket transport.
@@ -31,8 +33,8 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple, PyType};
 use super::stream::StreamCore;
 use crate::gil_cell::GilCell;
 
-/// Size of the ciphertext and plaintext buffers (asyncio's `SSLProtocol.max_size`).
-const BUFFER_SIZE: usize = 256 * 1024;
+/// The smallest shared buffer accepted: one TLS record and its overhead.
+const MIN_BUFFER_SIZE: usize = 17 * 1024;
 
 /// The message asyncio reports errors of the TLS layer with.
 const FATAL_MESSAGE: &str = "Fatal error on SSL protocol";
@@ -82,11 +84,13 @@ pub struct TlsPump {
     /// The outgoing BIO and its bound `read`.
     outgoing: Py<PyAny>,
     outgoing_read: Py<PyAny>,
-    /// What the socket transport `recv`s into, and the view handed out by `get_buffer`.
-    cipher: Py<PyByteArray>,
-    cipher_view: Py<PyAny>,
-    /// Where decrypted bytes land before they are copied into one `bytes`.
-    plain: Py<PyByteArray>,
+    /// The thread's shared buffer: ciphertext is `recv`ed into it, plaintext decrypted
+    /// into it; never resized (`view` pins it).
+    buffer: Py<PyByteArray>,
+    /// `memoryview(buffer)`, what `get_buffer` hands out.
+    view: Py<PyAny>,
+    /// `len(buffer)`.
+    size: usize,
     state: GilCell<PumpState>,
 }
 
@@ -130,8 +134,7 @@ unsafe fn raw_view(
 /// The start of a bytearray's storage.
 fn storage(array: &Bound<'_, PyByteArray>) -> *mut u8 {
     // SAFETY: `array` is a live bytearray; the pointer is valid until it is resized, and
-    // the pump's bytearrays are never resized (an exported view pins the cipher buffer,
-    // the plaintext buffer is never exposed).
+    // the pump's buffer is never resized (the view exported from it pins it).
     unsafe { ffi::PyByteArray_AsString(array.as_ptr()).cast() }
 }
 
@@ -168,14 +171,13 @@ impl TlsPump {
     /// `_do_read` for a non-buffered application that is reading), then flushes.
     fn read_wrapped(&self, py: Python<'_>) -> PyResult<()> {
         let protocol = self.protocol.bind(py);
-        let plain = self.plain.bind(py);
-        let base = storage(plain);
+        let base = storage(self.buffer.bind(py));
         let mut filled = 0usize;
         let mut close_notify = false;
         loop {
-            let room = BUFFER_SIZE - filled;
-            // SAFETY: `base + filled .. base + BUFFER_SIZE` lies inside `plain`, which the
-            // pump keeps alive and never resizes; `read` fills it before returning.
+            let room = self.size - filled;
+            // SAFETY: `base + filled .. base + size` lies inside the buffer, which the pump
+            // keeps alive and is never resized; `read` fills it before returning.
             let view = unsafe { raw_view(py, base.add(filled), room, true)? };
             match self.ssl_read.call1(py, (room, view)) {
                 Ok(count) => {
@@ -189,7 +191,7 @@ impl TlsPump {
                 Err(err) if is_again(py, &err)? => break,
                 Err(err) => return Err(err),
             }
-            if filled == BUFFER_SIZE {
+            if filled == self.size {
                 self.deliver(py, protocol, base, filled)?;
                 filled = 0;
                 if !self.wrapped(py) || self.flags(py).app_reading_paused {
@@ -225,7 +227,7 @@ impl TlsPump {
         base: *mut u8,
         len: usize,
     ) -> PyResult<()> {
-        // SAFETY: the first `len` bytes of `plain` were just written by `SSLObject.read`.
+        // SAFETY: the first `len` bytes of the buffer were just written by `SSLObject.read`.
         let data = PyBytes::new(py, unsafe { std::slice::from_raw_parts(base, len) });
         let data_received = self
             .state
@@ -386,8 +388,9 @@ fn bytes_like_len(data: &Bound<'_, PyAny>) -> PyResult<usize> {
 
 #[pymethods]
 impl TlsPump {
-    /// `TlsPump(protocol, sslobj, incoming, outgoing)`: the pump of `protocol`, an
-    /// `SSLProtocol` whose `SSLObject` and BIOs are given.
+    /// `TlsPump(protocol, sslobj, incoming, outgoing, buffer, view)`: the pump of
+    /// `protocol`, an `SSLProtocol` whose `SSLObject` and BIOs are given; `buffer` is the
+    /// thread's shared bytearray and `view` a memoryview of it.
     #[new]
     fn py_new(
         py: Python<'_>,
@@ -395,16 +398,21 @@ impl TlsPump {
         sslobj: &Bound<'_, PyAny>,
         incoming: &Bound<'_, PyAny>,
         outgoing: &Bound<'_, PyAny>,
+        buffer: Bound<'_, PyByteArray>,
+        view: Bound<'_, PyMemoryView>,
     ) -> PyResult<Self> {
+        let size = buffer.len();
+        if size < MIN_BUFFER_SIZE {
+            return Err(PyValueError::new_err(format!(
+                "the TLS buffer must hold at least {MIN_BUFFER_SIZE} bytes, got {size}"
+            )));
+        }
         // `ssl.SSLObject` is a Python wrapper whose methods forward to a C object; calling
         // that one saves a Python frame per call.
         let native = match sslobj.getattr(intern!(py, "_sslobj")) {
             Ok(native) if !native.is_none() => native,
             _ => sslobj.clone(),
         };
-        let cipher = PyByteArray::new_with(py, BUFFER_SIZE, |_| Ok(()))?;
-        let cipher_view = PyMemoryView::from(cipher.as_any())?.into_any().unbind();
-        let plain = PyByteArray::new_with(py, BUFFER_SIZE, |_| Ok(()))?;
         let backlog = protocol.getattr(py, intern!(py, "_write_backlog"))?;
         Ok(TlsPump {
             protocol,
@@ -416,9 +424,9 @@ impl TlsPump {
             incoming_write: incoming.getattr(intern!(py, "write"))?.unbind(),
             outgoing: outgoing.clone().unbind(),
             outgoing_read: outgoing.getattr(intern!(py, "read"))?.unbind(),
-            cipher: cipher.unbind(),
-            cipher_view,
-            plain: plain.unbind(),
+            buffer: buffer.unbind(),
+            view: view.into_any().unbind(),
+            size,
             state: GilCell::new(PumpState {
                 wrapped: false,
                 flags: Flags::default(),
@@ -496,24 +504,24 @@ impl TlsPump {
         drop(old);
     }
 
-    /// `BufferedProtocol.get_buffer`: the ciphertext buffer (its whole size).
+    /// `BufferedProtocol.get_buffer`: the shared buffer (its whole size).
     #[pyo3(signature = (sizehint = -1))]
     fn get_buffer(&self, py: Python<'_>, sizehint: isize) -> Py<PyAny> {
         let _ = sizehint;
-        self.cipher_view.clone_ref(py)
+        self.view.clone_ref(py)
     }
 
     /// `BufferedProtocol.buffer_updated`: `nbytes` of ciphertext arrived in the buffer.
     fn buffer_updated(&self, py: Python<'_>, nbytes: isize) -> PyResult<()> {
-        if nbytes <= 0 || nbytes as usize > BUFFER_SIZE {
+        if nbytes <= 0 || nbytes as usize > self.size {
             return Err(PyValueError::new_err(format!(
-                "buffer_updated: nbytes must be in 1..={BUFFER_SIZE}, got {nbytes}"
+                "buffer_updated: nbytes must be in 1..={}, got {nbytes}",
+                self.size
             )));
         }
-        let cipher = self.cipher.bind(py);
-        // SAFETY: the first `nbytes` of the pinned cipher buffer; `MemoryBIO.write` copies
-        // them before returning.
-        let view = unsafe { raw_view(py, storage(cipher), nbytes as usize, false)? };
+        // SAFETY: the first `nbytes` of the pinned buffer; `MemoryBIO.write` copies them
+        // before returning.
+        let view = unsafe { raw_view(py, storage(self.buffer.bind(py)), nbytes as usize, false)? };
         self.incoming_write.call1(py, (view,))?;
         let protocol = self.protocol.bind(py);
         let (wrapped, paused, plain_app) = {
@@ -583,7 +591,8 @@ impl TlsPump {
         visit.call(&self.incoming_write)?;
         visit.call(&self.outgoing)?;
         visit.call(&self.outgoing_read)?;
-        visit.call(&self.cipher_view)?;
+        visit.call(&self.buffer)?;
+        visit.call(&self.view)?;
         if let Some(state) = self.state.try_borrow_in_gc() {
             visit.call(&state.raw_core)?;
             visit.call(&state.data_received)?;
