@@ -265,3 +265,17 @@ def test_synchronisation_primitives_across_tasks(loop):
         return sorted(out)
 
     assert loop.run_until_complete(main()) == [0, 1, 2, 3, 4]
+
+
+def test_create_task_source_traceback_ends_at_the_caller(loop):
+    loop.set_debug(True)
+
+    async def work():
+        pass
+
+    def spawn_here():
+        return loop.create_task(work())
+
+    task = spawn_here()
+    assert task._source_traceback[-1].name == "spawn_here"
+    loop.run_until_complete(task)

@@ -52,6 +52,9 @@ class Loop:
     def call_soon_threadsafe(
         self, callback: Callable[..., object], *args: Any, context: Context | None = None
     ) -> Handle: ...
+    def create_task(
+        self, coro: Any, *, name: Any = None, context: Context | None = None, **kwargs: Any
+    ) -> Any: ...
     def call_at(
         self,
         when: float,

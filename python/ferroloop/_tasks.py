@@ -19,8 +19,9 @@ class TasksMixin:
         """A new asyncio.Future attached to this loop."""
         return futures.Future(loop=self)
 
-    def create_task(self, coro, *, name=None, context=None, **kwargs):
-        """Wraps `coro` in a Task (or the task factory's result) scheduled on this loop."""
+    def _create_task_slow(self, coro, *, name=None, context=None, **kwargs):
+        """`create_task` with a task factory or extra keywords (the Rust `create_task`
+        handles the rest itself)."""
         self._check_closed()
         factory = self._task_factory
         if factory is None:

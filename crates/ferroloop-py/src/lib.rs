@@ -13,6 +13,7 @@ mod gil_cell;
 mod handle;
 mod run;
 mod sock_ops;
+mod tasks;
 mod transport;
 
 use pyo3::prelude::*;
