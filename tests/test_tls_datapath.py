@@ -323,3 +323,28 @@ def test_tls_connections_keep_no_read_buffer_of_their_own(server_context, client
         loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+class Exploding(Recorder):
+    def data_received(self, data):
+        raise ZeroDivisionError("boom")
+
+
+def test_an_exception_in_data_received_is_a_fatal_tls_error(
+    loop, exc_handler, server_context, client_context
+):
+    async def main():
+        server, _, client, client_proto = await tls_pair(loop, server_context, client_context)
+        exploding = Exploding(loop)
+        server.set_protocol(exploding)
+        client.write(b"trigger")
+        assert await asyncio.wait_for(exploding.lost, 5) is not None
+        await asyncio.wait_for(client_proto.lost, 5)
+
+    loop.run_until_complete(main())
+    context = exc_handler.pop_one()
+    expected = "Fatal error on SSL protocol"
+    if sys.version_info < (3, 11):
+        expected = "application protocol failed to receive SSL data"
+    assert context["message"] == expected
+    assert isinstance(context["exception"], ZeroDivisionError)
