@@ -9,9 +9,11 @@ with start_tls over a socketpair (see test_tls.py).
 from __future__ import annotations
 
 import asyncio
+import gc
 import ssl
 import sys
 import tracemalloc
+import weakref
 
 import ferroloop
 import pytest
@@ -348,3 +350,29 @@ def test_an_exception_in_data_received_is_a_fatal_tls_error(
         expected = "application protocol failed to receive SSL data"
     assert context["message"] == expected
     assert isinstance(context["exception"], ZeroDivisionError)
+
+
+def test_a_transport_kept_after_close_does_not_keep_the_ssl_context(loop, ca, server_context):
+    """As with asyncio, the application may hold on to its closed TLS transport without
+    keeping the protocol machinery and the user's SSLContext alive (no gc needed)."""
+
+    async def main():
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        server, server_proto, client, client_proto = await tls_pair(loop, server_context, context)
+        client.write(b"bye")
+        await wait_for_bytes(server_proto, 3)
+        client.close()
+        await asyncio.wait_for(asyncio.gather(server_proto.lost, client_proto.lost), 5)
+        client.close()  # a second close: asyncio's transport lets go of its protocol here
+        server.close()
+        assert client_proto.transport is client
+        return client_proto, weakref.ref(context)
+
+    gc.disable()
+    try:
+        kept_protocol, context_ref = loop.run_until_complete(main())
+        assert kept_protocol.transport.is_closing()
+        assert context_ref() is None
+    finally:
+        gc.enable()

@@ -65,14 +65,24 @@ class TlsProtocol(sslproto.SSLProtocol):
         super().connection_made(transport)
 
     def connection_lost(self, exc):
+        app_transport = self._app_transport
         try:
             super().connection_lost(exc)
         finally:
-            # Break the protocol <-> pump cycle, so that (as with asyncio) a closed
-            # connection is freed by reference counting, SSLContext included.
-            self._pump.detach()
-            self._pump = None
-            del self.get_buffer, self.buffer_updated
+            self._unhook_pump(app_transport)
+
+    def _unhook_pump(self, app_transport):
+        """Detaches the pump so that, as with asyncio, a closed connection is freed by
+        reference counting, SSLContext included: no protocol <-> pump cycle, and an
+        application that keeps its transport keeps no pump (nor this protocol) alive."""
+        pump, self._pump = self._pump, None
+        if pump is None:
+            return
+        pump.detach()
+        del self.get_buffer, self.buffer_updated
+        if app_transport is not None:
+            app_transport.__dict__.pop("write", None)
+            app_transport.__dict__.pop("writelines", None)
 
     def _set_state(self, new_state):
         super()._set_state(new_state)
