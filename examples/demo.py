@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ssl
 import time
 
 import ferroloop
@@ -41,6 +42,38 @@ async def echo_over_tcp() -> None:
     await server.wait_closed()
 
 
+async def echo_over_tls() -> None:
+    try:
+        import trustme  # a development requirement: certificates made on the spot
+    except ImportError:
+        print("  (TLS echo skipped: the trustme package is not installed)")
+        return
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.read(1024))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=client_context, server_hostname="localhost"
+    )
+    writer.write(b"hello over TLS")
+    reply = await reader.read(1024)
+    version = writer.get_extra_info("ssl_object").version()
+    print(f"  TLS echo with your own ssl.SSLContext: {reply!r} ({version})")
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+
+
 async def tour() -> None:
     loop = asyncio.get_running_loop()
     print(f"running on {loop!r}")
@@ -55,6 +88,7 @@ async def tour() -> None:
     addresses = await loop.getaddrinfo("localhost", 80, type=0)
     print(f"  getaddrinfo('localhost', 80) on the Rust resolver pool: {addresses[0][4]}")
     await echo_over_tcp()
+    await echo_over_tls()
     try:
         await asyncio.wait_for(asyncio.sleep(1), timeout=0.01)
     except asyncio.TimeoutError:
