@@ -22,6 +22,7 @@ import gc
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 
@@ -274,3 +275,27 @@ def stream_kit(request, loop):
         yield kit
     finally:
         kit.close_all()
+
+
+# -- TLS: a throw-away CA and a certificate for "ferroloop.test", made with trustme ------
+
+
+@pytest.fixture(scope="session")
+def ca():
+    import trustme
+
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def server_context(ca):
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("ferroloop.test").configure_cert(context)
+    return context
+
+
+@pytest.fixture(scope="session")
+def client_context(ca):
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context

@@ -12,27 +12,7 @@ import ssl
 
 import ferroloop
 import pytest
-import trustme
 from ferroloop._stream import make_socket_transport
-
-
-@pytest.fixture(scope="module")
-def ca():
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def server_context(ca):
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("ferroloop.test").configure_cert(context)
-    return context
-
-
-@pytest.fixture(scope="module")
-def client_context(ca):
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
 
 
 class Recorder(asyncio.Protocol):

@@ -17,27 +17,7 @@ import weakref
 
 import ferroloop
 import pytest
-import trustme
 from test_tls import Recorder, handshake
-
-
-@pytest.fixture(scope="module")
-def ca():
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def server_context(ca):
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("ferroloop.test").configure_cert(context)
-    return context
-
-
-@pytest.fixture(scope="module")
-def client_context(ca):
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
 
 
 async def tls_pair(loop, server_context, client_context):

@@ -13,27 +13,7 @@ import ssl
 import sys
 
 import pytest
-import trustme
 from test_tls import connected_pair, handshake
-
-
-@pytest.fixture(scope="module")
-def ca():
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def server_context(ca):
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("ferroloop.test").configure_cert(context)
-    return context
-
-
-@pytest.fixture(scope="module")
-def client_context(ca):
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
 
 
 def test_expired_certificate_fails_verification(loop, ca, client_context):
