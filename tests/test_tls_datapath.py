@@ -367,3 +367,40 @@ def test_a_transport_kept_after_close_does_not_keep_the_ssl_context(loop, ca, se
         assert context_ref() is None
     finally:
         gc.enable()
+
+
+class BytearrayBufferedRecorder(BufferedRecorder):
+    """Hands out its bytearray itself, not a memoryview of it."""
+
+    def get_buffer(self, sizehint):
+        return self.buffer
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="the Rust data path hooks the SSLProtocol of 3.11+"
+)
+def test_a_buffered_protocol_with_a_bytearray_buffer_gets_every_byte(
+    server_context, client_context
+):
+    """asyncio's SSLProtocol fills such a buffer through `buf[offset:]`, a copy, and loses
+    what did not fit the first read; ferroloop fills the buffer in place."""
+    loop = ferroloop.new_event_loop()
+
+    async def main():
+        server, server_proto, client, client_proto = await tls_pair(
+            loop, server_context, client_context
+        )
+        buffered = BytearrayBufferedRecorder(loop)
+        server.set_protocol(buffered)
+        payload = bytes(range(256)) * 400  # several records, many 1000-byte buffers
+        client.write(payload)
+        await wait_for_bytes(buffered, len(payload))
+        assert bytes(buffered.data) == payload
+        client.close()
+        server.close()
+        await asyncio.wait_for(asyncio.gather(buffered.lost, client_proto.lost), 5)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()

@@ -134,6 +134,13 @@ class TlsProtocol(sslproto.SSLProtocol):
         self._sync_pump()
         self._process_outgoing()
 
+    def _do_read(self):
+        pump = self._pump
+        if pump is None or self._state != _State.WRAPPED or self._app_reading_paused:
+            super()._do_read()
+        else:
+            pump.read_now()
+
     def _process_outgoing(self):
         if self._pump is None:
             super()._process_outgoing()

@@ -22,7 +22,7 @@
 //! water marks are mirrored here: `TlsProtocol` overrides every `SSLProtocol` method that
 //! sets one (they are set nowhere else) and pushes them with `sync`.
 
-use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
@@ -45,13 +45,30 @@ struct PumpState {
     wrapped: bool,
     /// Mirrors of the protocol's attributes of the same names (see `sync`).
     flags: Flags,
-    /// `app_protocol.data_received` while the application protocol is a plain
-    /// `asyncio.Protocol` (cached as uvloop does); None for a `BufferedProtocol` or none.
-    data_received: Option<Py<PyAny>>,
+    /// How plaintext reaches the application protocol (cached as uvloop does); None once
+    /// there is no application protocol.
+    app: Option<AppReceiver>,
     /// The Rust core of the socket transport below, when it is one of ours.
     raw_core: Option<Py<StreamCore>>,
     /// The transport below (any `asyncio.Transport`), while connected.
     raw_transport: Option<Py<PyAny>>,
+}
+
+/// The application protocol's entry points.
+enum AppReceiver {
+    /// `data_received` of an `asyncio.Protocol`.
+    Data(Py<PyAny>),
+    /// `get_buffer` and `buffer_updated` of an `asyncio.BufferedProtocol`.
+    Buffered(Py<PyAny>, Py<PyAny>),
+}
+
+impl AppReceiver {
+    fn clone_ref(&self, py: Python<'_>) -> AppReceiver {
+        match self {
+            AppReceiver::Data(d) => AppReceiver::Data(d.clone_ref(py)),
+            AppReceiver::Buffered(g, u) => AppReceiver::Buffered(g.clone_ref(py), u.clone_ref(py)),
+        }
+    }
 }
 
 /// The protocol's flow-control state, as `SSLProtocol` keeps it.
@@ -197,6 +214,11 @@ impl TlsPump {
                 if !self.wrapped(py) || self.flags(py).app_reading_paused {
                     break;
                 }
+                if !matches!(self.state.borrow_mut(py).app, Some(AppReceiver::Data(_))) {
+                    // The application switched protocols: the base class reads the rest.
+                    self.call_soon_do_read(py)?;
+                    break;
+                }
             }
             if self.incoming_pending(py)? == 0
                 && self.ssl_pending.call0(py)?.extract::<usize>(py)? == 0
@@ -207,6 +229,13 @@ impl TlsPump {
         if filled > 0 {
             self.deliver(py, protocol, base, filled)?;
         }
+        self.finish_read(py, close_notify)
+    }
+
+    /// What asyncio's `_do_read` does after handing data over: close_notify, then flush
+    /// and read flow control.
+    fn finish_read(&self, py: Python<'_>, close_notify: bool) -> PyResult<()> {
+        let protocol = self.protocol.bind(py);
         if close_notify {
             protocol.call_method0(intern!(py, "_call_eof_received"))?;
             protocol.call_method0(intern!(py, "_start_shutdown"))?;
@@ -219,6 +248,91 @@ impl TlsPump {
         self.control_ssl_reading(py)
     }
 
+    /// `loop.call_soon(protocol._do_read)`: more plaintext may be waiting.
+    fn call_soon_do_read(&self, py: Python<'_>) -> PyResult<()> {
+        let protocol = self.protocol.bind(py);
+        let do_read = protocol.getattr(intern!(py, "_do_read"))?;
+        protocol
+            .getattr(intern!(py, "_loop"))?
+            .call_method1(intern!(py, "call_soon"), (do_read,))?;
+        Ok(())
+    }
+
+    /// asyncio's `_do_read__buffered`, decrypting straight into the application's buffer
+    /// (`get_buffer(incoming.pending)`), then `buffer_updated(n)` once. Unlike asyncio, a
+    /// `bytearray` buffer is filled in place: asyncio slices it (`buf[offset:]`), which
+    /// copies it, and loses what a second read put there.
+    fn read_buffered(
+        &self,
+        py: Python<'_>,
+        get_buffer: &Py<PyAny>,
+        buffer_updated: &Py<PyAny>,
+    ) -> PyResult<()> {
+        let hint = self.incoming_pending(py)?;
+        let target = get_buffer.call1(py, (hint,))?;
+        let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
+        // SAFETY: `target` is alive; on success the view is released below, exactly once.
+        if unsafe {
+            ffi::PyObject_GetBuffer(target.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_WRITABLE)
+        } != 0
+        {
+            return Err(PyErr::fetch(py));
+        }
+        // SAFETY: PyObject_GetBuffer succeeded, so the view is initialised.
+        let mut view = unsafe { view.assume_init() };
+        let len = view.len.max(0) as usize;
+        let base: *mut u8 = view.buf.cast();
+        let mut filled = 0usize;
+        let mut close_notify = false;
+        let mut full = false;
+        let outcome = (|| -> PyResult<()> {
+            if len == 0 {
+                return Err(PyRuntimeError::new_err(
+                    "get_buffer() returned an empty buffer",
+                ));
+            }
+            loop {
+                let room = len - filled;
+                // SAFETY: `base + filled .. base + len` lies inside the exported buffer,
+                // which stays valid until the view is released after this closure.
+                let window = unsafe { raw_view(py, base.add(filled), room, true)? };
+                match self.ssl_read.call1(py, (room, window)) {
+                    Ok(count) => {
+                        let count: usize = count.extract(py)?;
+                        if count == 0 {
+                            close_notify = true;
+                            return Ok(());
+                        }
+                        filled += count;
+                    }
+                    Err(err) if is_again(py, &err)? => return Ok(()),
+                    Err(err) => return Err(err),
+                }
+                if filled == len {
+                    full = true;
+                    return Ok(());
+                }
+                if self.incoming_pending(py)? == 0
+                    && self.ssl_pending.call0(py)?.extract::<usize>(py)? == 0
+                {
+                    return Ok(());
+                }
+            }
+        })();
+        // SAFETY: releases the view obtained above exactly once, before any Python code
+        // that could resize the buffer runs.
+        unsafe { ffi::PyBuffer_Release(&mut view) };
+        outcome?;
+        if full {
+            // As asyncio: the buffer is full, more may be waiting.
+            self.call_soon_do_read(py)?;
+        }
+        if filled > 0 {
+            buffer_updated.call1(py, (filled,))?;
+        }
+        self.finish_read(py, close_notify)
+    }
+
     /// `app_protocol.data_received(bytes)` with the first `len` plaintext bytes.
     fn deliver(
         &self,
@@ -229,12 +343,10 @@ impl TlsPump {
     ) -> PyResult<()> {
         // SAFETY: the first `len` bytes of the buffer were just written by `SSLObject.read`.
         let data = PyBytes::new(py, unsafe { std::slice::from_raw_parts(base, len) });
-        let data_received = self
-            .state
-            .borrow_mut(py)
-            .data_received
-            .as_ref()
-            .map(|d| d.clone_ref(py));
+        let data_received = match &self.state.borrow_mut(py).app {
+            Some(AppReceiver::Data(d)) => Some(d.clone_ref(py)),
+            _ => None,
+        };
         match data_received {
             Some(data_received) => data_received.call1(py, (data,))?,
             None => protocol
@@ -430,7 +542,7 @@ impl TlsPump {
             state: GilCell::new(PumpState {
                 wrapped: false,
                 flags: Flags::default(),
-                data_received: None,
+                app: None,
                 raw_core: None,
                 raw_transport: None,
             }),
@@ -458,15 +570,22 @@ impl TlsPump {
             incoming_low_water: get("_incoming_low_water")?.extract()?,
         };
         let app = get("_app_protocol")?;
-        let data_received = if app.is_none() || get("_app_protocol_is_buffer")?.is_truthy()? {
+        let receiver = if app.is_none() {
             None
+        } else if get("_app_protocol_is_buffer")?.is_truthy()? {
+            Some(AppReceiver::Buffered(
+                get("_app_protocol_get_buffer")?.unbind(),
+                get("_app_protocol_buffer_updated")?.unbind(),
+            ))
         } else {
-            Some(app.getattr(intern!(py, "data_received"))?.unbind())
+            Some(AppReceiver::Data(
+                app.getattr(intern!(py, "data_received"))?.unbind(),
+            ))
         };
         let old = {
             let mut state = self.state.borrow_mut(py);
             state.flags = flags;
-            std::mem::replace(&mut state.data_received, data_received)
+            std::mem::replace(&mut state.app, receiver)
         };
         drop(old);
         Ok(())
@@ -498,7 +617,7 @@ impl TlsPump {
             (
                 state.raw_core.take(),
                 state.raw_transport.take(),
-                state.data_received.take(),
+                state.app.take(),
             )
         };
         drop(old);
@@ -524,23 +643,41 @@ impl TlsPump {
         let view = unsafe { raw_view(py, storage(self.buffer.bind(py)), nbytes as usize, false)? };
         self.incoming_write.call1(py, (view,))?;
         let protocol = self.protocol.bind(py);
-        let (wrapped, paused, plain_app) = {
+        let (wrapped, paused, app) = {
             let state = self.state.borrow_mut(py);
             (
                 state.wrapped,
                 state.flags.app_reading_paused,
-                state.data_received.is_some(),
+                state.app.as_ref().map(|a| a.clone_ref(py)),
             )
         };
         if !wrapped {
             protocol.call_method0(intern!(py, "_dispatch_incoming"))?;
             return Ok(());
         }
-        if paused || !plain_app {
+        if paused || app.is_none() {
             protocol.call_method0(intern!(py, "_do_read"))?;
             return Ok(());
         }
-        let result = self.read_wrapped(py);
+        self.read_now(py)
+    }
+
+    /// asyncio's `_do_read` in the WRAPPED state with the application reading:
+    /// `TlsProtocol._do_read` calls this.
+    fn read_now(&self, py: Python<'_>) -> PyResult<()> {
+        let app = self
+            .state
+            .borrow_mut(py)
+            .app
+            .as_ref()
+            .map(|a| a.clone_ref(py));
+        let result = match app {
+            Some(AppReceiver::Data(_)) => self.read_wrapped(py),
+            Some(AppReceiver::Buffered(get_buffer, updated)) => {
+                self.read_buffered(py, &get_buffer, &updated)
+            }
+            None => Ok(()),
+        };
         self.guard(py, result)
     }
 
@@ -595,7 +732,14 @@ impl TlsPump {
         visit.call(&self.view)?;
         if let Some(state) = self.state.try_borrow_in_gc() {
             visit.call(&state.raw_core)?;
-            visit.call(&state.data_received)?;
+            match &state.app {
+                Some(AppReceiver::Data(d)) => visit.call(d)?,
+                Some(AppReceiver::Buffered(g, u)) => {
+                    visit.call(g)?;
+                    visit.call(u)?;
+                }
+                None => {}
+            }
             visit.call(&state.raw_transport)?;
         }
         Ok(())
@@ -608,7 +752,7 @@ impl TlsPump {
             (
                 state.raw_core.take(),
                 state.raw_transport.take(),
-                state.data_received.take(),
+                state.app.take(),
             )
         });
         drop(released);
