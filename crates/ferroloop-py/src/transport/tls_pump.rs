@@ -14,11 +14,13 @@
 //!   buffer (`ferroloop._tls` hands it out): a TLS connection costs no 256 KiB of its own;
 //! * outgoing: the application transport's `write`/`writelines` encrypt at once (one
 //!   `SSLObject.write` for all the buffers of a `writelines`), and the records go straight
-//!   to the Rust socket transport.
+//!   to the Rust socket transport;
+//! * a `BufferedProtocol` application gets the plaintext decrypted straight into its own
+//!   buffer (`get_buffer(incoming.pending)`, then `buffer_updated(n)`).
 //!
-//! Anything off that path — handshake, shutdown, a paused side, a write backlog, a
-//! `BufferedProtocol` application, an error — runs the `SSLProtocol` method asyncio would
-//! have run, so behaviour and messages are asyncio's. The protocol's flow-control flags and
+//! Anything off that path — handshake, shutdown, a paused side, a write backlog, an
+//! error — runs the `SSLProtocol` method asyncio would have run, so behaviour and
+//! messages are asyncio's. The protocol's flow-control flags and
 //! water marks are mirrored here: `TlsProtocol` overrides every `SSLProtocol` method that
 //! sets one (they are set nowhere else) and pushes them with `sync`.
 
