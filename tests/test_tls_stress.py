@@ -56,6 +56,9 @@ class StutteringEcho(asyncio.Protocol):
     def eof_received(self):
         return False
 
+    def connection_lost(self, exc):
+        self.transport.close()  # Python 3.10's TLS transport does not mark itself closed
+
 
 class Sender(asyncio.Protocol):
     """Writes `data` in random pieces while flow control allows; hashes the echo."""
