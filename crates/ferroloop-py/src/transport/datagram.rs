@@ -23,7 +23,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::ffi::CStr;
 use std::io;
-use std::mem::{size_of, MaybeUninit};
+use std::mem::size_of;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 
@@ -36,6 +36,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
+use super::exported_buffer::ExportedBuffer;
 use super::lifecycle::{
     clone_of, socket_lifecycle_pymethods, transport_core, write_flow_pymethods, FlowControl,
     Lifecycle, SocketLifecycle, TransportCore, WriteFlow,
@@ -134,49 +135,6 @@ impl Sent {
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => Sent::NotReady,
             Err(err) => Sent::Error(os_error(err)),
         }
-    }
-}
-
-/// A `PyBUF_SIMPLE` view of a bytes-like object, released on drop. Lives only inside one
-/// call made with the GIL held, and is not `Send`.
-struct SimpleBuffer {
-    view: ffi::Py_buffer,
-    _not_send: std::marker::PhantomData<*const ()>,
-}
-
-impl SimpleBuffer {
-    fn get(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let mut view = MaybeUninit::<ffi::Py_buffer>::uninit();
-        // SAFETY: `obj` is a live object; on success the view is initialised and released
-        // exactly once by `Drop`.
-        if unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_SIMPLE) }
-            != 0
-        {
-            return Err(PyErr::fetch(obj.py()));
-        }
-        Ok(SimpleBuffer {
-            // SAFETY: PyObject_GetBuffer succeeded, so the view is initialised.
-            view: unsafe { view.assume_init() },
-            _not_send: std::marker::PhantomData,
-        })
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        let len = self.view.len.max(0) as usize;
-        if len == 0 || self.view.buf.is_null() {
-            return &[];
-        }
-        // SAFETY: a PyBUF_SIMPLE view is `len` contiguous bytes at `buf`, valid until the
-        // view is released (which needs `self`, so not before this borrow ends).
-        unsafe { std::slice::from_raw_parts(self.view.buf as *const u8, len) }
-    }
-}
-
-impl Drop for SimpleBuffer {
-    fn drop(&mut self) {
-        // SAFETY: the view was obtained by PyObject_GetBuffer and is released once; the
-        // value never leaves the GIL-holding call that created it (it is not `Send`).
-        unsafe { ffi::PyBuffer_Release(&mut self.view) };
     }
 }
 
@@ -461,7 +419,7 @@ impl DatagramCore {
         let view;
         let bytes: &[u8] = match data.cast::<PyBytes>() {
             Ok(b) => b.as_bytes(),
-            Err(_) => match SimpleBuffer::get(data) {
+            Err(_) => match ExportedBuffer::readable(data) {
                 Ok(v) => {
                     view = v;
                     view.as_slice()

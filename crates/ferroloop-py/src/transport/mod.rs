@@ -2,6 +2,7 @@
 //! the cores share; each transport's own file holds what asyncio does differently for it.
 
 pub mod datagram;
+mod exported_buffer;
 pub(crate) mod lifecycle;
 pub mod pipe;
 pub mod stream;

@@ -26,12 +26,12 @@
 use std::os::fd::RawFd;
 
 use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyTypeError};
-use pyo3::ffi;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 
+use super::exported_buffer::ExportedBuffer;
 use super::lifecycle::{
     asyncio_logger, clone_of, is_exit, transport_core, write_flow_pymethods, FlowControl,
     TransportCore, WriteFlow,
@@ -522,49 +522,12 @@ pub struct WritePipeCore {
     state: GilCell<WritePipeState>,
 }
 
-/// A contiguous view of a `bytearray` or `memoryview`, released on drop. Boxed so the
-/// `Py_buffer` never moves while exported.
-struct BufferView(Box<std::mem::MaybeUninit<ffi::Py_buffer>>);
-
-impl BufferView {
-    fn new(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let mut view = Box::new(std::mem::MaybeUninit::<ffi::Py_buffer>::uninit());
-        // SAFETY: `obj` is alive; `view` is writable storage for one Py_buffer, filled on
-        // success and released exactly once in Drop.
-        if unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_SIMPLE) }
-            != 0
-        {
-            return Err(PyErr::fetch(obj.py()));
-        }
-        Ok(BufferView(view))
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: PyObject_GetBuffer succeeded, so the view is initialised.
-        let view = unsafe { self.0.assume_init_ref() };
-        if view.buf.is_null() || view.len <= 0 {
-            return &[];
-        }
-        // SAFETY: a PyBUF_SIMPLE export is `len` contiguous readable bytes at `buf`, valid
-        // until the view is released (when `self` drops).
-        unsafe { std::slice::from_raw_parts(view.buf as *const u8, view.len as usize) }
-    }
-}
-
-impl Drop for BufferView {
-    fn drop(&mut self) {
-        // SAFETY: the view was filled by PyObject_GetBuffer and is released once. Views
-        // are only created and dropped inside methods that hold the GIL.
-        unsafe { ffi::PyBuffer_Release(self.0.as_mut_ptr()) };
-    }
-}
-
 /// The bytes of a `write()` argument.
 enum Data {
     /// `bytes`: queued by reference.
     Bytes(Py<PyBytes>),
     /// `bytearray`/`memoryview`: written from the view, the unsent rest copied.
-    View(BufferView),
+    View(ExportedBuffer),
 }
 
 fn data_of(data: &Bound<'_, PyAny>) -> PyResult<Data> {
@@ -572,7 +535,7 @@ fn data_of(data: &Bound<'_, PyAny>) -> PyResult<Data> {
         return Ok(Data::Bytes(bytes.clone().unbind()));
     }
     if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-        return Ok(Data::View(BufferView::new(data)?));
+        return Ok(Data::View(ExportedBuffer::readable(data)?));
     }
     Err(PyTypeError::new_err(format!(
         "data argument must be a bytes-like object, not {:?}",
@@ -728,7 +691,7 @@ impl WritePipeCore {
         let data = data_of(data)?;
         let bytes: &[u8] = match &data {
             Data::Bytes(b) => b.bind(py).as_bytes(),
-            Data::View(view) => view.bytes(),
+            Data::View(view) => view.as_slice(),
         };
         if bytes.is_empty() {
             return Ok(());
@@ -783,7 +746,7 @@ impl WritePipeCore {
             .iter()
             .map(|p| match p {
                 Data::Bytes(b) => b.bind(py).as_bytes().len(),
-                Data::View(v) => v.bytes().len(),
+                Data::View(v) => v.as_slice().len(),
             })
             .sum();
         if total == 0 {
@@ -801,7 +764,7 @@ impl WritePipeCore {
                         let len = b.bind(py).as_bytes().len();
                         state.buffer.push_shared(b.clone_ref(py), len);
                     }
-                    Data::View(v) => state.buffer.push_copy(v.bytes()),
+                    Data::View(v) => state.buffer.push_copy(v.as_slice()),
                 }
             }
             queue_empty

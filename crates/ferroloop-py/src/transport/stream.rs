@@ -19,12 +19,12 @@ use std::cell::RefCell;
 use std::os::fd::RawFd;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
-use pyo3::ffi;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 
+use super::exported_buffer::ExportedBuffer;
 use super::lifecycle::{
     clone_of, socket_lifecycle_pymethods, transport_core, write_flow_pymethods, FlowControl,
     Lifecycle, SocketLifecycle, TransportCore, WriteFlow,
@@ -153,30 +153,16 @@ impl StreamCore {
             })),
             Receiver::Buffered(get_buffer, _) => {
                 let target = get_buffer.call1(py, (-1,))?;
-                let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
-                // SAFETY: `target` is alive; on success the view is released below.
-                if unsafe {
-                    ffi::PyObject_GetBuffer(target.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_WRITABLE)
-                } != 0
-                {
-                    return Err(PyErr::fetch(py));
-                }
-                // SAFETY: PyObject_GetBuffer succeeded, so the view is initialised.
-                let mut view = unsafe { view.assume_init() };
-                let len = view.len.max(0) as usize;
-                let outcome = if len == 0 {
-                    Err(PyRuntimeError::new_err(
+                let mut buffer = ExportedBuffer::writable(target.bind(py))?;
+                let room = buffer.as_mut_slice();
+                if room.is_empty() {
+                    return Err(PyRuntimeError::new_err(
                         "get_buffer() returned an empty buffer",
-                    ))
-                } else {
-                    // SAFETY: the exporter guarantees `len` writable bytes at `view.buf`
-                    // until the view is released.
-                    let n = unsafe { libc::recv(self.fd, view.buf, len, 0) };
-                    Ok(classify(n, ReadOutcome::Filled))
-                };
-                // SAFETY: releases the view obtained above exactly once.
-                unsafe { ffi::PyBuffer_Release(&mut view) };
-                outcome
+                    ));
+                }
+                // SAFETY: `room` is a valid writable region of `room.len()` bytes.
+                let n = unsafe { libc::recv(self.fd, room.as_mut_ptr().cast(), room.len(), 0) };
+                Ok(classify(n, ReadOutcome::Filled))
             }
         }
     }

@@ -32,6 +32,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple, PyType};
 
+use super::exported_buffer::ExportedBuffer;
 use super::stream::StreamCore;
 use crate::gil_cell::GilCell;
 
@@ -54,6 +55,16 @@ struct PumpState {
     raw_core: Option<Py<StreamCore>>,
     /// The transport below (any `asyncio.Transport`), while connected.
     raw_transport: Option<Py<PyAny>>,
+}
+
+/// Why `decrypt_into` stopped.
+enum Decrypted {
+    /// Nothing more to decrypt for now.
+    Drained,
+    /// The window is full; more may be buffered.
+    Full,
+    /// The peer's close_notify arrived.
+    CloseNotify,
 }
 
 /// The application protocol's entry points.
@@ -191,47 +202,67 @@ impl TlsPump {
     fn read_wrapped(&self, py: Python<'_>) -> PyResult<()> {
         let protocol = self.protocol.bind(py);
         let base = storage(self.buffer.bind(py));
-        let mut filled = 0usize;
-        let mut close_notify = false;
+        // SAFETY: the pump's buffer is `size` bytes at `base`, kept alive by the pump and
+        // never resized.
+        let window = unsafe { std::slice::from_raw_parts_mut(base, self.size) };
         loop {
-            let room = self.size - filled;
-            // SAFETY: `base + filled .. base + size` lies inside the buffer, which the pump
-            // keeps alive and is never resized; `read` fills it before returning.
-            let view = unsafe { raw_view(py, base.add(filled), room, true)? };
+            let (filled, stop) = self.decrypt_into(py, window)?;
+            if filled > 0 {
+                self.deliver(py, protocol, &window[..filled])?;
+            }
+            match stop {
+                Decrypted::Drained => return self.finish_read(py, false),
+                Decrypted::CloseNotify => return self.finish_read(py, true),
+                Decrypted::Full => {}
+            }
+            if !self.wrapped(py) || self.flags(py).app_reading_paused {
+                break;
+            }
+            if !matches!(self.state.borrow_mut(py).app, Some(AppReceiver::Data(_))) {
+                // The application switched protocols: the base class reads the rest.
+                self.call_soon_do_read(py)?;
+                break;
+            }
+            if !self.more_buffered(py)? {
+                break;
+            }
+        }
+        self.finish_read(py, false)
+    }
+
+    /// Decrypts into `window` until it is full, the BIO and the `SSL` object hold no more,
+    /// or the peer's close_notify arrives. Returns how many bytes it wrote, and why it
+    /// stopped.
+    fn decrypt_into(&self, py: Python<'_>, window: &mut [u8]) -> PyResult<(usize, Decrypted)> {
+        let mut filled = 0usize;
+        loop {
+            let room = window.len() - filled;
+            // SAFETY: `window[filled..]` is valid writable memory for the whole call, and
+            // `read` only writes into it before returning.
+            let view = unsafe { raw_view(py, window.as_mut_ptr().add(filled), room, true)? };
             match self.ssl_read.call1(py, (room, view)) {
                 Ok(count) => {
                     let count: usize = count.extract(py)?;
                     if count == 0 {
-                        close_notify = true;
-                        break;
+                        return Ok((filled, Decrypted::CloseNotify));
                     }
                     filled += count;
                 }
-                Err(err) if is_again(py, &err)? => break,
+                Err(err) if is_again(py, &err)? => return Ok((filled, Decrypted::Drained)),
                 Err(err) => return Err(err),
             }
-            if filled == self.size {
-                self.deliver(py, protocol, base, filled)?;
-                filled = 0;
-                if !self.wrapped(py) || self.flags(py).app_reading_paused {
-                    break;
-                }
-                if !matches!(self.state.borrow_mut(py).app, Some(AppReceiver::Data(_))) {
-                    // The application switched protocols: the base class reads the rest.
-                    self.call_soon_do_read(py)?;
-                    break;
-                }
+            if filled == window.len() {
+                return Ok((filled, Decrypted::Full));
             }
-            if self.incoming_pending(py)? == 0
-                && self.ssl_pending.call0(py)?.extract::<usize>(py)? == 0
-            {
-                break;
+            if !self.more_buffered(py)? {
+                return Ok((filled, Decrypted::Drained));
             }
         }
-        if filled > 0 {
-            self.deliver(py, protocol, base, filled)?;
-        }
-        self.finish_read(py, close_notify)
+    }
+
+    /// True while the incoming BIO or the `SSL` object still holds bytes to decrypt.
+    fn more_buffered(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.incoming_pending(py)? > 0 || self.ssl_pending.call0(py)?.extract::<usize>(py)? > 0)
     }
 
     /// What asyncio's `_do_read` does after handing data over: close_notify, then flush
@@ -272,59 +303,20 @@ impl TlsPump {
     ) -> PyResult<()> {
         let hint = self.incoming_pending(py)?;
         let target = get_buffer.call1(py, (hint,))?;
-        let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
-        // SAFETY: `target` is alive; on success the view is released below, exactly once.
-        if unsafe {
-            ffi::PyObject_GetBuffer(target.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_WRITABLE)
-        } != 0
-        {
-            return Err(PyErr::fetch(py));
-        }
-        // SAFETY: PyObject_GetBuffer succeeded, so the view is initialised.
-        let mut view = unsafe { view.assume_init() };
-        let len = view.len.max(0) as usize;
-        let base: *mut u8 = view.buf.cast();
-        let mut filled = 0usize;
-        let mut close_notify = false;
-        let mut full = false;
-        let outcome = (|| -> PyResult<()> {
-            if len == 0 {
+        let (filled, stop) = {
+            let mut buffer = ExportedBuffer::writable(target.bind(py))?;
+            let window = buffer.as_mut_slice();
+            if window.is_empty() {
                 return Err(PyRuntimeError::new_err(
                     "get_buffer() returned an empty buffer",
                 ));
             }
-            loop {
-                let room = len - filled;
-                // SAFETY: `base + filled .. base + len` lies inside the exported buffer,
-                // which stays valid until the view is released after this closure.
-                let window = unsafe { raw_view(py, base.add(filled), room, true)? };
-                match self.ssl_read.call1(py, (room, window)) {
-                    Ok(count) => {
-                        let count: usize = count.extract(py)?;
-                        if count == 0 {
-                            close_notify = true;
-                            return Ok(());
-                        }
-                        filled += count;
-                    }
-                    Err(err) if is_again(py, &err)? => return Ok(()),
-                    Err(err) => return Err(err),
-                }
-                if filled == len {
-                    full = true;
-                    return Ok(());
-                }
-                if self.incoming_pending(py)? == 0
-                    && self.ssl_pending.call0(py)?.extract::<usize>(py)? == 0
-                {
-                    return Ok(());
-                }
-            }
-        })();
-        // SAFETY: releases the view obtained above exactly once, before any Python code
-        // that could resize the buffer runs.
-        unsafe { ffi::PyBuffer_Release(&mut view) };
-        outcome?;
+            // The view is released here, before any Python code that could resize the
+            // buffer runs.
+            self.decrypt_into(py, window)?
+        };
+        let full = matches!(stop, Decrypted::Full);
+        let close_notify = matches!(stop, Decrypted::CloseNotify);
         if full {
             // As asyncio: the buffer is full, more may be waiting.
             self.call_soon_do_read(py)?;
@@ -335,16 +327,14 @@ impl TlsPump {
         self.finish_read(py, close_notify)
     }
 
-    /// `app_protocol.data_received(bytes)` with the first `len` plaintext bytes.
+    /// `app_protocol.data_received(bytes)` with a copy of `plaintext`.
     fn deliver(
         &self,
         py: Python<'_>,
         protocol: &Bound<'_, PyAny>,
-        base: *mut u8,
-        len: usize,
+        plaintext: &[u8],
     ) -> PyResult<()> {
-        // SAFETY: the first `len` bytes of the buffer were just written by `SSLObject.read`.
-        let data = PyBytes::new(py, unsafe { std::slice::from_raw_parts(base, len) });
+        let data = PyBytes::new(py, plaintext);
         let data_received = match &self.state.borrow_mut(py).app {
             Some(AppReceiver::Data(d)) => Some(d.clone_ref(py)),
             _ => None,
