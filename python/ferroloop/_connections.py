@@ -41,6 +41,18 @@ def _bind_error_detail(err):
     return err.strerror.lower()
 
 
+def _check_tls_timeouts(with_tls, ssl_handshake_timeout, ssl_shutdown_timeout):
+    """asyncio's ValueError for a TLS timeout given without TLS. Callers decide what
+    `with_tls` means, as asyncio does (`bool(ssl)`, or `ssl is not None` for create_server).
+    """
+    if with_tls:
+        return
+    if ssl_handshake_timeout is not None:
+        raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+    if ssl_shutdown_timeout is not None:
+        raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+
+
 def _is_stream_socket(sock):
     return sock.type == socket.SOCK_STREAM
 
@@ -221,10 +233,7 @@ class ConnectionsMixin:
             raise ValueError("server_hostname is only meaningful with ssl")
         if server_hostname is None and ssl and not host:
             raise ValueError("You must set server_hostname when using ssl without a host")
-        if ssl_handshake_timeout is not None and not ssl:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None and not ssl:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        _check_tls_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         if sock is not None:
             _reject_ssl_socket(sock)
         if happy_eyeballs_delay is not None and interleave is None:
@@ -347,10 +356,7 @@ class ConnectionsMixin:
         else:
             if server_hostname is not None:
                 raise ValueError("server_hostname is only meaningful with ssl")
-            if ssl_handshake_timeout is not None:
-                raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-            if ssl_shutdown_timeout is not None:
-                raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+            _check_tls_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         if path is not None:
             if sock is not None:
                 raise ValueError("path and sock can not be specified at the same time")
@@ -389,10 +395,7 @@ class ConnectionsMixin:
         """Wraps a socket accepted outside the loop into a transport and protocol."""
         if not _is_stream_socket(sock):
             raise ValueError(f"A Stream Socket was expected, got {sock!r}")
-        if ssl_handshake_timeout is not None and not ssl:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None and not ssl:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        _check_tls_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         _reject_ssl_socket(sock)
         transport, protocol = await self._wrap_connected(
             sock,
@@ -441,10 +444,7 @@ class ConnectionsMixin:
         listening-ready `sock`, which is used as-is."""
         if isinstance(ssl, bool):
             raise TypeError("ssl argument must be an SSLContext or None")
-        if ssl_handshake_timeout is not None and ssl is None:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None and ssl is None:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        _check_tls_timeouts(ssl is not None, ssl_handshake_timeout, ssl_shutdown_timeout)
         if sock is not None:
             _reject_ssl_socket(sock)
         bind = host is not None or port is not None
@@ -563,10 +563,7 @@ class ConnectionsMixin:
         is still ours."""
         if isinstance(ssl, bool):
             raise TypeError("ssl argument must be an SSLContext or None")
-        if ssl_handshake_timeout is not None and not ssl:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None and not ssl:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        _check_tls_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         if path is not None:
             if sock is not None:
                 raise ValueError("path and sock can not be specified at the same time")

@@ -29,6 +29,18 @@ import warnings
 logger = logging.getLogger("asyncio")
 
 
+def _check_binary_unbuffered(bufsize, text, encoding, errors):
+    """asyncio's ValueErrors for the Popen options its pipes do not support."""
+    if bufsize != 0:
+        raise ValueError("bufsize must be 0")
+    if text:
+        raise ValueError("text must be False")
+    if encoding is not None:
+        raise ValueError("encoding must be None")
+    if errors is not None:
+        raise ValueError("errors must be None")
+
+
 def _exitcode(status):
     """The returncode Popen would report for a wait status."""
     try:
@@ -555,27 +567,10 @@ class SubprocessMixin:
             raise ValueError("universal_newlines must be False")
         if not shell:
             raise ValueError("shell must be True")
-        if bufsize != 0:
-            raise ValueError("bufsize must be 0")
-        if text:
-            raise ValueError("text must be False")
-        if encoding is not None:
-            raise ValueError("encoding must be None")
-        if errors is not None:
-            raise ValueError("errors must be None")
-
-        protocol = protocol_factory()
-        debug_log = None
-        if self.get_debug():
-            # The arguments are not logged: they may hold secrets and be long.
-            debug_log = f"run shell command {cmd!r}"
-            self._log_subprocess(debug_log, stdin, stdout, stderr)
-        transport = await self._make_subprocess_transport(
-            protocol, cmd, True, stdin, stdout, stderr, bufsize, **kwargs
+        _check_binary_unbuffered(bufsize, text, encoding, errors)
+        return await self._spawn(
+            protocol_factory, cmd, True, f"run shell command {cmd!r}", stdin, stdout, stderr, kwargs
         )
-        if self.get_debug() and debug_log is not None:
-            logger.info("%s: %r", debug_log, transport)
-        return transport, protocol
 
     async def subprocess_exec(
         self,
@@ -598,25 +593,30 @@ class SubprocessMixin:
             raise ValueError("universal_newlines must be False")
         if shell:
             raise ValueError("shell must be False")
-        if bufsize != 0:
-            raise ValueError("bufsize must be 0")
-        if text:
-            raise ValueError("text must be False")
-        if encoding is not None:
-            raise ValueError("encoding must be None")
-        if errors is not None:
-            raise ValueError("errors must be None")
+        _check_binary_unbuffered(bufsize, text, encoding, errors)
 
-        popen_args = (program, *args)
-        protocol = protocol_factory()
-        debug_log = None
-        if self.get_debug():
-            # The arguments are not logged: they may hold secrets and be long.
-            debug_log = f"execute program {program!r}"
-            self._log_subprocess(debug_log, stdin, stdout, stderr)
-        transport = await self._make_subprocess_transport(
-            protocol, popen_args, False, stdin, stdout, stderr, bufsize, **kwargs
+        return await self._spawn(
+            protocol_factory,
+            (program, *args),
+            False,
+            f"execute program {program!r}",
+            stdin,
+            stdout,
+            stderr,
+            kwargs,
         )
-        if self.get_debug() and debug_log is not None:
-            logger.info("%s: %r", debug_log, transport)
+
+    async def _spawn(self, protocol_factory, args, shell, what, stdin, stdout, stderr, kwargs):
+        """What subprocess_shell and subprocess_exec share once their arguments are
+        checked. `what` names the child in debug logs; the arguments are not logged: they
+        may hold secrets and be long."""
+        protocol = protocol_factory()
+        debug = self.get_debug()
+        if debug:
+            self._log_subprocess(what, stdin, stdout, stderr)
+        transport = await self._make_subprocess_transport(
+            protocol, args, shell, stdin, stdout, stderr, 0, **kwargs
+        )
+        if debug and self.get_debug():
+            logger.info("%s: %r", what, transport)
         return transport, protocol
