@@ -57,6 +57,20 @@ def _is_stream_socket(sock):
     return sock.type == socket.SOCK_STREAM
 
 
+def _unix_path_or_sock(path, sock, missing):
+    """`os.fspath(path)`, or None when the caller's Unix stream `sock` is to be used;
+    asyncio's ValueErrors otherwise (`missing` is the message when neither is given)."""
+    if path is not None:
+        if sock is not None:
+            raise ValueError("path and sock can not be specified at the same time")
+        return os.fspath(path)
+    if sock is None:
+        raise ValueError(missing)
+    if sock.family != socket.AF_UNIX or not _is_stream_socket(sock):
+        raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
+    return None
+
+
 def _set_reuse_port(sock):
     if not hasattr(socket, "SO_REUSEPORT"):
         raise ValueError("reuse_port not supported by socket module")
@@ -357,14 +371,7 @@ class ConnectionsMixin:
             if server_hostname is not None:
                 raise ValueError("server_hostname is only meaningful with ssl")
             _check_tls_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
-        if path is not None:
-            if sock is not None:
-                raise ValueError("path and sock can not be specified at the same time")
-            path = os.fspath(path)
-        elif sock is None:
-            raise ValueError("no path and sock were specified")
-        elif sock.family != socket.AF_UNIX or not _is_stream_socket(sock):
-            raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
+        path = _unix_path_or_sock(path, sock, "no path and sock were specified")
 
         if path is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
@@ -564,14 +571,7 @@ class ConnectionsMixin:
         if isinstance(ssl, bool):
             raise TypeError("ssl argument must be an SSLContext or None")
         _check_tls_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
-        if path is not None:
-            if sock is not None:
-                raise ValueError("path and sock can not be specified at the same time")
-            path = os.fspath(path)
-        elif sock is None:
-            raise ValueError("path was not specified, and no sock specified")
-        elif sock.family != socket.AF_UNIX or not _is_stream_socket(sock):
-            raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
+        path = _unix_path_or_sock(path, sock, "path was not specified, and no sock specified")
 
         if path is not None:
             sock = _bind_unix(path)

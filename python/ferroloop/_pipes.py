@@ -134,31 +134,32 @@ class PipesMixin:
 
         Returns `(transport, protocol)` once protocol.connection_made() was called.
         """
-        protocol = protocol_factory()
-        waiter = self.create_future()
-        transport = self._make_read_pipe_transport(pipe, protocol, waiter)
-        try:
-            await waiter
-        except BaseException:
-            transport.close()
-            raise
-        if self.get_debug():
-            logger.debug("Read pipe %r connected: (%r, %r)", pipe.fileno(), transport, protocol)
-        return transport, protocol
+        return await self._connect_pipe(
+            self._make_read_pipe_transport, "Read", protocol_factory, pipe
+        )
 
     async def connect_write_pipe(self, protocol_factory, pipe):
         """Wraps the write end `pipe` (a file-like object with fileno()) in a transport.
 
         Returns `(transport, protocol)` once protocol.connection_made() was called.
         """
+        return await self._connect_pipe(
+            self._make_write_pipe_transport, "Write", protocol_factory, pipe
+        )
+
+    async def _connect_pipe(self, make_transport, direction, protocol_factory, pipe):
+        """`(transport, protocol)` from `make_transport(pipe, protocol, waiter)` once the
+        waiter is done; the transport is closed if that fails or is cancelled."""
         protocol = protocol_factory()
         waiter = self.create_future()
-        transport = self._make_write_pipe_transport(pipe, protocol, waiter)
+        transport = make_transport(pipe, protocol, waiter)
         try:
             await waiter
         except BaseException:
             transport.close()
             raise
         if self.get_debug():
-            logger.debug("Write pipe %r connected: (%r, %r)", pipe.fileno(), transport, protocol)
+            logger.debug(
+                "%s pipe %r connected: (%r, %r)", direction, pipe.fileno(), transport, protocol
+            )
         return transport, protocol
