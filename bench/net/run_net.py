@@ -202,13 +202,26 @@ def pinner(cpu: int | None):
     return pin
 
 
-def cpu_seconds(pid: int) -> float | None:
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (the first is field 3, state)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+            return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    fields = proc_stat(pid)
+    if fields is None:
+        return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def minor_faults(pid: int) -> int | None:
+    """The process's minor page faults so far: each fresh page an allocator maps costs one."""
+    fields = proc_stat(pid)
+    return None if fields is None else int(fields[7])
 
 
 def busy_seconds() -> float:
@@ -357,6 +370,7 @@ def run_load(server: Server, sc: Scenario, args: argparse.Namespace) -> dict:
         children_cpu(),
         time.time(),
     )
+    faults0 = minor_faults(server.proc.pid)
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,
@@ -378,6 +392,7 @@ def run_load(server: Server, sc: Scenario, args: argparse.Namespace) -> dict:
         _live.remove(proc)
     elapsed = time.time() - t0
     srv1 = cpu_seconds(server.proc.pid)
+    faults1 = minor_faults(server.proc.pid)
     ours = (children_cpu() - kids0) + ((srv1 or 0) - (srv0 or 0))
     noise = max(0.0, (busy_seconds() - busy0 - ours) / elapsed) if elapsed > 0 else 0.0
     try:
@@ -402,6 +417,12 @@ def run_load(server: Server, sc: Scenario, args: argparse.Namespace) -> dict:
         result["cpu_ms_per_1k"] = result["server_cpu_s"] / result["requests"] * 1e6
     else:
         result["cpu_ms_per_1k"] = None
+    # Faults are counted over warm-up and measurement: per response served in both.
+    served = result.get("rps", 0) * (args.warmup + args.duration)
+    if faults0 is not None and faults1 is not None and served:
+        result["faults_per_1k"] = (faults1 - faults0) / served * 1000
+    else:
+        result["faults_per_1k"] = None
     return result
 
 
@@ -614,29 +635,31 @@ def render_group(
     has_rust = any(sc.kind in ECHO_KINDS for sc in scenarios)
     columns = [c for c in args.columns if c != RUST or has_rust]
     lines: list[str] = []
-    rps_rows, cpu_rows = [], []
+    rps_rows, cpu_rows, fault_rows = [], [], []
     for sc in scenarios:
-        rps_row, cpu_row = [sc.name], [sc.name]
+        rps_row, cpu_row, fault_row = [sc.name], [sc.name], [sc.name]
         ref_rps = cells.get((sc.name, ref), Cell()).median("rps")
         rust_cpu = cells.get((sc.name, RUST), Cell()).median("cpu_ms_per_1k")
         spreads = []
         for loop in columns:
             cell = cells.get((sc.name, loop))
             if cell is None or (loop == RUST and sc.kind not in ECHO_KINDS):
-                rps_row.append("n/a")
-                cpu_row.append("n/a")
+                for row in (rps_row, cpu_row, fault_row):
+                    row.append("n/a")
                 continue
             if cell.fail is not None:
-                rps_row.append("fail")
-                cpu_row.append("fail")
+                for row in (rps_row, cpu_row, fault_row):
+                    row.append("fail")
                 failures.append((loop, sc.name, cell.fail))
                 continue
             rps = cell.median("rps")
             cpu = cell.median("cpu_ms_per_1k")
             if rps is None:
-                rps_row.append("-")
-                cpu_row.append("-")
+                for row in (rps_row, cpu_row, fault_row):
+                    row.append("-")
                 continue
+            faults = cell.median("faults_per_1k")
+            fault_row.append("-" if faults is None else f"{faults:.0f}")
             spread = cell.spread()
             if spread is not None:
                 spreads.append(spread)
@@ -652,6 +675,7 @@ def render_group(
         rps_row.append(f"{max(spreads) * 100:.0f}%" if spreads else "")
         rps_rows.append(rps_row)
         cpu_rows.append(cpu_row)
+        fault_rows.append(fault_row)
 
     lines += format_table(
         f"{unit}, median of {args.reps} (ratio to {ref});"
@@ -670,6 +694,14 @@ def render_group(
         f"Server CPU ms per 1000 responses, median{ceiling}; lower is better",
         ["scenario", *columns],
         cpu_rows,
+        markdown,
+    )
+    lines.append("")
+    lines += format_table(
+        "Server minor page faults per 1000 responses, median: memory the allocator maps"
+        " and unmaps again (glibc's mmap threshold), a cost the CPU column includes",
+        ["scenario", *columns],
+        fault_rows,
         markdown,
     )
     return lines
