@@ -237,6 +237,12 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+# glibc settings for `--malloc steady`: a fixed 4 MiB mmap threshold (no dynamic
+# threshold) and a 32 MiB trim threshold, so no buffer a server allocates per request is
+# mmapped and unmapped again, whatever the process did before.
+STEADY_MALLOC = "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=33554432"
+
+
 class Server:
     """One server process: a Python loop running servers.py, or the Rust echo server."""
 
@@ -269,6 +275,9 @@ class Server:
     def start(self) -> bool:
         self.stderr.seek(0)
         self.stderr.truncate()
+        env = dict(os.environ)
+        if self.args.malloc == "steady":
+            env["GLIBC_TUNABLES"] = STEADY_MALLOC
         self.proc = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,
@@ -277,6 +286,7 @@ class Server:
             start_new_session=True,
             preexec_fn=pinner(self.cpu),
             cwd=ROOT,
+            env=env,
         )
         _live.append(self.proc)
         line = self._read_line(START_TIMEOUT)
@@ -816,6 +826,14 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--no-build", action="store_true", help="use the already built binaries")
     p.add_argument(
+        "--malloc",
+        choices=["default", "steady"],
+        default="default",
+        help="default: glibc as shipped (its mmap threshold moves with what the process did"
+        " before, so a loop may pay an mmap/munmap per large read in one process and not in"
+        " the next); steady: every server with a fixed high threshold (GLIBC_TUNABLES)",
+    )
+    p.add_argument(
         "--retries",
         type=int,
         default=1,
@@ -885,7 +903,8 @@ def main() -> int:
         f"suites {','.join(args.suites)}:"
         f" {len(scenarios)} scenarios x {len(args.columns)} servers x {args.reps} reps,"
         f" {args.warmup}+{args.duration} s each; server CPU {args.server_cpu},"
-        f" client CPU {args.client_cpu} (placement {args.placement}); Python {version}"
+        f" client CPU {args.client_cpu} (placement {args.placement}); malloc {args.malloc};"
+        f" Python {version}"
     )
     cells: dict[tuple[str, str], Cell] = {}
     rust = None
@@ -923,7 +942,7 @@ def main() -> int:
         header += (
             f" (server on CPU {args.server_cpu}, load generator on CPU {args.client_cpu},"
             f" placement {args.placement}); {args.reps} reps x {args.duration} s"
-            f" (+{args.warmup} s warm-up)"
+            f" (+{args.warmup} s warm-up); malloc {args.malloc}"
         )
     if spawn:
         header += (
@@ -944,6 +963,7 @@ def main() -> int:
             "reps": args.reps,
             "duration": args.duration,
             "warmup": args.warmup,
+            "malloc": args.malloc,
             "runs": args.raw,
             "failures": {f"{loop} / {name}": c.fail for (name, loop), c in cells.items() if c.fail},
         }

@@ -369,17 +369,20 @@ impl TlsPump {
     /// asyncio's `_process_outgoing`: moves the outgoing BIO's records to the socket
     /// transport unless it paused us, then `_control_app_writing`.
     fn process_outgoing(&self, py: Python<'_>) -> PyResult<()> {
-        if !self.flags(py).ssl_writing_paused {
-            let pending: usize = self
-                .outgoing
-                .getattr(py, intern!(py, "pending"))?
-                .extract(py)?;
-            if pending > 0 {
-                let records = self.outgoing_read.call0(py)?;
-                self.send_raw(py, records.bind(py))?;
-            }
+        let mut pending = self.outgoing_pending(py)?;
+        if pending > 0 && !self.flags(py).ssl_writing_paused {
+            // `read()` takes all; sending runs no code that writes to the BIO.
+            let records = self.outgoing_read.call0(py)?;
+            pending = 0;
+            self.send_raw(py, records.bind(py))?;
         }
-        self.control_app_writing(py)
+        self.control_app_writing(py, pending)
+    }
+
+    fn outgoing_pending(&self, py: Python<'_>) -> PyResult<usize> {
+        self.outgoing
+            .getattr(py, intern!(py, "pending"))?
+            .extract(py)
     }
 
     /// Hands ciphertext to the socket transport: straight to its Rust core when it is one.
@@ -404,13 +407,10 @@ impl TlsPump {
         }
     }
 
-    /// asyncio's `_control_app_writing`, run in Python only when it has something to do.
-    fn control_app_writing(&self, py: Python<'_>) -> PyResult<()> {
+    /// asyncio's `_control_app_writing`, run in Python only when it has something to do;
+    /// `outgoing` is what the outgoing BIO holds now.
+    fn control_app_writing(&self, py: Python<'_>, outgoing: usize) -> PyResult<()> {
         let flags = self.flags(py);
-        let outgoing: usize = self
-            .outgoing
-            .getattr(py, intern!(py, "pending"))?
-            .extract(py)?;
         let act = if self.backlog_len(py)? > 0 {
             // The backlog's byte count lives in Python; let it decide.
             true
