@@ -311,54 +311,6 @@ def test_tls_connections_keep_no_read_buffer_of_their_own(server_context, client
         loop.close()
 
 
-class ChunkRecorder(Recorder):
-    """A Recorder that also keeps the type and size of every data_received argument."""
-
-    def __init__(self, loop):
-        super().__init__(loop)
-        self.chunks = []
-
-    def data_received(self, data):
-        self.chunks.append((type(data), len(data)))
-        super().data_received(data)
-
-
-@pytest.mark.skipif(
-    sys.version_info < (3, 11), reason="the Rust data path hooks the SSLProtocol of 3.11+"
-)
-def test_plaintext_arrives_in_bytes_of_at_most_64_kib(server_context, client_context):
-    """ferroloop decrypts straight into the bytes data_received gets, at most 64 KiB each
-    (below glibc's mmap threshold), however much ciphertext is waiting."""
-    loop = ferroloop.new_event_loop()
-
-    async def main():
-        server, _, client, client_proto = await tls_pair(loop, server_context, client_context)
-        server_proto = ChunkRecorder(loop)
-        server.set_protocol(server_proto)
-        server.pause_reading()
-        payload = bytes(range(256)) * 800  # 200 KiB: more than three chunks
-        client.write(payload)
-        # The socket transport keeps filling the incoming BIO while the app is paused.
-        for _ in range(200):
-            await asyncio.sleep(0.002)
-            if server._ssl_protocol._incoming.pending >= len(payload):
-                break
-        assert server._ssl_protocol._incoming.pending >= len(payload)
-        server.resume_reading()
-        await wait_for_bytes(server_proto, len(payload))
-        assert bytes(server_proto.data) == payload
-        assert {kind for kind, _ in server_proto.chunks} == {bytes}
-        sizes = [size for _, size in server_proto.chunks]
-        assert max(sizes) == 64 * 1024, sizes
-        assert len(sizes) >= 4, sizes
-        await close_both(server, server_proto, client, client_proto)
-
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
-
-
 class Exploding(Recorder):
     def data_received(self, data):
         raise ZeroDivisionError("boom")

@@ -1,7 +1,6 @@
 //! Transports: byte streams over sockets and pipes, and datagrams. `lifecycle` holds what
 //! the cores share; each transport's own file holds what asyncio does differently for it.
 
-mod bytes_builder;
 pub mod datagram;
 mod exported_buffer;
 pub(crate) mod lifecycle;

@@ -6,13 +6,12 @@
 //! state handed to this pump while the connection is `WRAPPED`:
 //!
 //! * incoming: the socket transport `recv`s into a buffer (`get_buffer`), the bytes go
-//!   into the incoming BIO, and the pump decrypts with `SSLObject.read` straight into the
-//!   `bytes` the application gets (sized by what the BIO holds, at most 64 KiB, then cut
-//!   to what was decrypted), asking only while the BIO or the `SSL` object still holds
-//!   bytes — so no `SSLWantReadError` is raised per read, no 256 KiB `bytes` is allocated
-//!   per read and the plaintext is not copied again. Reads never nest on a thread, so
-//!   every pump of a thread shares one ciphertext buffer (`ferroloop._tls` hands it
-//!   out): a TLS connection costs no 256 KiB of its own;
+//!   into the incoming BIO, and the pump decrypts with `SSLObject.read` into that same
+//!   buffer (the BIO has copied the ciphertext out), asking only while the BIO or the
+//!   `SSL` object still holds bytes — so no `SSLWantReadError` is raised per read and no
+//!   256 KiB `bytes` is allocated per read; the application gets one `bytes` of exactly
+//!   what arrived. Reads never nest on a thread, so every pump of a thread shares one
+//!   buffer (`ferroloop._tls` hands it out): a TLS connection costs no 256 KiB of its own;
 //! * outgoing: the application transport's `write`/`writelines` encrypt at once (one
 //!   `SSLObject.write` for all the buffers of a `writelines`), and the records go straight
 //!   to the Rust socket transport;
@@ -33,17 +32,12 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple, PyType};
 
-use super::bytes_builder::BytesBuilder;
 use super::exported_buffer::ExportedBuffer;
 use super::stream::StreamCore;
 use crate::gil_cell::GilCell;
 
 /// The smallest shared buffer accepted: one TLS record and its overhead.
 const MIN_BUFFER_SIZE: usize = 17 * 1024;
-
-/// The most plaintext handed to `data_received` at once: below glibc's mmap threshold
-/// (128 KiB), so each `bytes` comes from the heap instead of an mmap/munmap pair.
-const MAX_CHUNK: usize = 64 * 1024;
 
 /// The message asyncio reports errors of the TLS layer with.
 const FATAL_MESSAGE: &str = "Fatal error on SSL protocol";
@@ -204,20 +198,17 @@ impl TlsPump {
     }
 
     /// Decrypts what the incoming BIO holds and hands it to the application (asyncio's
-    /// `_do_read` for a non-buffered application that is reading), then flushes. The
-    /// plaintext is decrypted straight into the `bytes` the application gets, sized by the
-    /// ciphertext waiting (plaintext is never longer) and capped at `MAX_CHUNK`.
+    /// `_do_read` for a non-buffered application that is reading), then flushes.
     fn read_wrapped(&self, py: Python<'_>) -> PyResult<()> {
         let protocol = self.protocol.bind(py);
+        let base = storage(self.buffer.bind(py));
+        // SAFETY: the pump's buffer is `size` bytes at `base`, kept alive by the pump and
+        // never resized.
+        let window = unsafe { std::slice::from_raw_parts_mut(base, self.size) };
         loop {
-            let waiting = self.buffered(py)?;
-            if waiting == 0 {
-                return self.finish_read(py, false);
-            }
-            let mut chunk = BytesBuilder::new(py, waiting.min(MAX_CHUNK))?;
-            let (filled, stop) = self.decrypt_into(py, chunk.as_mut_slice())?;
-            if let Some(data) = chunk.finish(py, filled)? {
-                self.deliver(py, protocol, data)?;
+            let (filled, stop) = self.decrypt_into(py, window)?;
+            if filled > 0 {
+                self.deliver(py, protocol, &window[..filled])?;
             }
             match stop {
                 Decrypted::Drained => return self.finish_read(py, false),
@@ -230,6 +221,9 @@ impl TlsPump {
             if !matches!(self.state.borrow_mut(py).app, Some(AppReceiver::Data(_))) {
                 // The application switched protocols: the base class reads the rest.
                 self.call_soon_do_read(py)?;
+                break;
+            }
+            if !self.more_buffered(py)? {
                 break;
             }
         }
@@ -269,12 +263,6 @@ impl TlsPump {
     /// True while the incoming BIO or the `SSL` object still holds bytes to decrypt.
     fn more_buffered(&self, py: Python<'_>) -> PyResult<bool> {
         Ok(self.incoming_pending(py)? > 0 || self.ssl_pending.call0(py)?.extract::<usize>(py)? > 0)
-    }
-
-    /// Bytes waiting in the incoming BIO (ciphertext) and the `SSL` object (plaintext):
-    /// no more plaintext than that can be read now.
-    fn buffered(&self, py: Python<'_>) -> PyResult<usize> {
-        Ok(self.incoming_pending(py)? + self.ssl_pending.call0(py)?.extract::<usize>(py)?)
     }
 
     /// What asyncio's `_do_read` does after handing data over: close_notify, then flush
@@ -339,13 +327,14 @@ impl TlsPump {
         self.finish_read(py, close_notify)
     }
 
-    /// `app_protocol.data_received(data)`.
+    /// `app_protocol.data_received(bytes)` with a copy of `plaintext`.
     fn deliver(
         &self,
         py: Python<'_>,
         protocol: &Bound<'_, PyAny>,
-        data: Bound<'_, PyBytes>,
+        plaintext: &[u8],
     ) -> PyResult<()> {
+        let data = PyBytes::new(py, plaintext);
         let data_received = match &self.state.borrow_mut(py).app {
             Some(AppReceiver::Data(d)) => Some(d.clone_ref(py)),
             _ => None,
