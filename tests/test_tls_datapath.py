@@ -311,6 +311,53 @@ def test_tls_connections_keep_no_read_buffer_of_their_own(server_context, client
         loop.close()
 
 
+class ChunkRecorder(Recorder):
+    """A Recorder that also keeps the type and size of every data_received argument."""
+
+    def __init__(self, loop):
+        super().__init__(loop)
+        self.chunks = []
+
+    def data_received(self, data):
+        self.chunks.append((type(data), len(data)))
+        super().data_received(data)
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="the Rust data path hooks the SSLProtocol of 3.11+"
+)
+def test_waiting_plaintext_arrives_in_one_data_received(server_context, client_context):
+    """What the incoming BIO holds is decrypted and handed over in one bytes (up to the
+    256 KiB buffer): splitting it would cost an echoing application one write, one
+    SSLObject.write and one send per piece."""
+    loop = ferroloop.new_event_loop()
+
+    async def main():
+        server, _, client, client_proto = await tls_pair(loop, server_context, client_context)
+        server_proto = ChunkRecorder(loop)
+        server.set_protocol(server_proto)
+        server.pause_reading()
+        payload = bytes(range(256)) * 800  # 200 KiB
+        client.write(payload)
+        # The socket transport keeps filling the incoming BIO while the app is paused.
+        incoming = server._ssl_protocol._incoming
+        for _ in range(500):
+            if incoming.pending >= len(payload):
+                break
+            await asyncio.sleep(0.002)
+        assert incoming.pending >= len(payload)
+        server.resume_reading()
+        await wait_for_bytes(server_proto, len(payload))
+        assert bytes(server_proto.data) == payload
+        assert server_proto.chunks == [(bytes, len(payload))]
+        await close_both(server, server_proto, client, client_proto)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
 class Exploding(Recorder):
     def data_received(self, data):
         raise ZeroDivisionError("boom")
