@@ -13,6 +13,7 @@ mod gil_cell;
 mod handle;
 mod run;
 mod sock_ops;
+mod sockaddr;
 mod tasks;
 mod transport;
 

@@ -33,6 +33,7 @@ use crate::errors::os_error;
 use crate::event_loop::EventLoop;
 use crate::gil_cell::GilCell;
 use crate::handle::Handle;
+use crate::sockaddr::{numeric_sockaddr, sockaddr_to_py, SockAddr};
 
 /// At most this many bytes are moved by one step of `sock_sendall`/`sock_sendfile`, so a
 /// fast peer cannot keep the loop inside one callback indefinitely.
@@ -73,12 +74,6 @@ enum OpKind {
         data: PyUntypedBuffer,
         address: SockAddr,
     },
-}
-
-/// A socket address built in Rust, for `sendto`.
-struct SockAddr {
-    storage: libc::sockaddr_storage,
-    len: libc::socklen_t,
 }
 
 /// The progress of a zero-copy `sock_sendfile`.
@@ -178,186 +173,6 @@ fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> io::Result<PyResult<Py<PyA
     }
 }
 
-/// A socket address as the `socket` module returns it.
-fn sockaddr_to_py(
-    py: Python<'_>,
-    storage: &libc::sockaddr_storage,
-    len: libc::socklen_t,
-) -> PyResult<Py<PyAny>> {
-    if len == 0 {
-        return Ok(py.None());
-    }
-    match storage.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let addr = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
-            let host = ntop(
-                libc::AF_INET,
-                (&addr.sin_addr as *const libc::in_addr).cast(),
-            )?;
-            Ok((host, u16::from_be(addr.sin_port))
-                .into_pyobject(py)?
-                .into_any()
-                .unbind())
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let addr = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
-            let host = ntop(
-                libc::AF_INET6,
-                (&addr.sin6_addr as *const libc::in6_addr).cast(),
-            )?;
-            Ok((
-                host,
-                u16::from_be(addr.sin6_port),
-                u32::from_be(addr.sin6_flowinfo),
-                addr.sin6_scope_id,
-            )
-                .into_pyobject(py)?
-                .into_any()
-                .unbind())
-        }
-        libc::AF_UNIX => {
-            // SAFETY: the family says the storage holds a sockaddr_un.
-            let addr = unsafe { &*(storage as *const _ as *const libc::sockaddr_un) };
-            let header = std::mem::offset_of!(libc::sockaddr_un, sun_path);
-            let path_len = (len as usize)
-                .saturating_sub(header)
-                .min(addr.sun_path.len());
-            let path: Vec<u8> = addr.sun_path[..path_len].iter().map(|&c| c as u8).collect();
-            if path.first() == Some(&0) {
-                // Linux abstract namespace: bytes, as the socket module gives.
-                return Ok(PyBytes::new(py, &path).into_any().unbind());
-            }
-            let end = path.iter().position(|&c| c == 0).unwrap_or(path.len());
-            let path = &path[..end];
-            // SAFETY: the pointer and length describe `path`; the call returns a new
-            // reference or NULL with an exception set.
-            unsafe {
-                Bound::from_owned_ptr_or_err(
-                    py,
-                    ffi::PyUnicode_DecodeFSDefaultAndSize(
-                        path.as_ptr().cast(),
-                        path.len() as ffi::Py_ssize_t,
-                    ),
-                )
-            }
-            .map(Bound::unbind)
-        }
-        family => {
-            let data: &[u8] = {
-                let size = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
-                // SAFETY: the storage is `size_of::<sockaddr_storage>()` bytes long.
-                unsafe { std::slice::from_raw_parts(storage as *const _ as *const u8, size) }
-            };
-            Ok((family, PyBytes::new(py, data))
-                .into_pyobject(py)?
-                .into_any()
-                .unbind())
-        }
-    }
-}
-
-extern "C" {
-    /// POSIX `inet_ntop` from the C library (the `libc` crate does not declare it); the
-    /// socket module formats addresses with it, so ours match byte for byte.
-    fn inet_ntop(
-        af: libc::c_int,
-        src: *const libc::c_void,
-        dst: *mut libc::c_char,
-        size: libc::socklen_t,
-    ) -> *const libc::c_char;
-
-    /// POSIX `inet_pton`, the test the socket module makes for a numeric host.
-    fn inet_pton(af: libc::c_int, src: *const libc::c_char, dst: *mut libc::c_void) -> libc::c_int;
-}
-
-/// `address` as a sockaddr of `family` when it is a numeric (host, port[, flowinfo[,
-/// scope_id]]) tuple whose values the socket module would accept unchanged; `None`
-/// otherwise (host names, special names, bad values: the socket module handles them).
-fn numeric_sockaddr(family: i32, address: &Bound<'_, PyAny>) -> Option<SockAddr> {
-    let tuple = address.cast::<PyTuple>().ok()?;
-    let items: Vec<Bound<'_, PyAny>> = tuple.iter().collect();
-    let (host, port) = match (family, items.len()) {
-        (libc::AF_INET, 2) | (libc::AF_INET6, 2..=4) => (&items[0], &items[1]),
-        _ => return None,
-    };
-    let host = host.cast::<PyString>().ok()?.to_str().ok()?;
-    let host = std::ffi::CString::new(host).ok()?;
-    if !port.is_exact_instance_of::<pyo3::types::PyInt>() {
-        return None;
-    }
-    let port: u16 = port.extract().ok()?;
-    // SAFETY: an all-zero sockaddr_storage is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = if family == libc::AF_INET {
-        // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in.
-        let addr = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
-        addr.sin_family = libc::AF_INET as libc::sa_family_t;
-        addr.sin_port = port.to_be();
-        // SAFETY: `host` is NUL-terminated; sin_addr is a writable in_addr.
-        let ok = unsafe {
-            inet_pton(
-                libc::AF_INET,
-                host.as_ptr(),
-                (&mut addr.sin_addr as *mut libc::in_addr).cast(),
-            )
-        };
-        if ok != 1 {
-            return None;
-        }
-        std::mem::size_of::<libc::sockaddr_in>()
-    } else {
-        let small = |index: usize| -> Option<u32> {
-            match items.get(index) {
-                None => Some(0),
-                Some(value) if value.is_exact_instance_of::<pyo3::types::PyInt>() => {
-                    value.extract().ok()
-                }
-                Some(_) => None,
-            }
-        };
-        let flowinfo = small(2).filter(|&f| f <= 0xfffff)?;
-        let scope_id = small(3)?;
-        // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in6.
-        let addr = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
-        addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-        addr.sin6_port = port.to_be();
-        addr.sin6_flowinfo = flowinfo.to_be();
-        addr.sin6_scope_id = scope_id;
-        // SAFETY: `host` is NUL-terminated; sin6_addr is a writable in6_addr.
-        let ok = unsafe {
-            inet_pton(
-                libc::AF_INET6,
-                host.as_ptr(),
-                (&mut addr.sin6_addr as *mut libc::in6_addr).cast(),
-            )
-        };
-        if ok != 1 {
-            return None;
-        }
-        std::mem::size_of::<libc::sockaddr_in6>()
-    };
-    Some(SockAddr {
-        storage,
-        len: len as libc::socklen_t,
-    })
-}
-
-fn ntop(family: libc::c_int, addr: *const libc::c_void) -> PyResult<String> {
-    let mut text = [0 as libc::c_char; 64];
-    // SAFETY: `addr` points at an in_addr/in6_addr as `family` says; `text` is larger
-    // than INET6_ADDRSTRLEN.
-    let ok = unsafe { inet_ntop(family, addr, text.as_mut_ptr(), text.len() as _) };
-    if ok.is_null() {
-        return Err(os_error(io::Error::last_os_error()));
-    }
-    // SAFETY: inet_ntop wrote a NUL-terminated string into `text`.
-    Ok(unsafe { std::ffi::CStr::from_ptr(text.as_ptr()) }
-        .to_string_lossy()
-        .into_owned())
-}
-
 /// `recvfrom(fd, buf, n)` returning the byte count and the sender's address.
 fn recvfrom_raw(
     fd: RawFd,
@@ -432,7 +247,7 @@ impl OpKind {
                 let mut data = vec![0u8; *n];
                 match recvfrom_raw(fd, data.as_mut_ptr(), *n) {
                     Ok((got, storage, len)) => {
-                        let result = sockaddr_to_py(py, &storage, len).and_then(|addr| {
+                        let result = sockaddr_to_py(py, &storage, len as usize).and_then(|addr| {
                             Ok((PyBytes::new(py, &data[..got]), addr)
                                 .into_pyobject(py)?
                                 .into_any()
@@ -461,7 +276,7 @@ impl OpKind {
                 buffer.release(py);
                 match outcome {
                     Ok((got, storage, len)) => {
-                        let result = sockaddr_to_py(py, &storage, len).and_then(|addr| {
+                        let result = sockaddr_to_py(py, &storage, len as usize).and_then(|addr| {
                             Ok((got, addr).into_pyobject(py)?.into_any().unbind())
                         });
                         Step::Done(result)
@@ -573,7 +388,7 @@ impl OpKind {
                             data.buf_ptr().cast_const(),
                             data.len_bytes(),
                             libc::MSG_NOSIGNAL,
-                            (&address.storage as *const libc::sockaddr_storage).cast(),
+                            address.as_ptr(),
                             address.len,
                         )
                     };

@@ -21,10 +21,8 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::ffi::CStr;
 use std::io;
 use std::mem::size_of;
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 
 use pyo3::exceptions::{
@@ -33,7 +31,7 @@ use pyo3::exceptions::{
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyInt, PyMemoryView, PyString, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::exported_buffer::ExportedBuffer;
@@ -44,6 +42,7 @@ use super::lifecycle::{
 use super::write_buffer::send;
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
+use crate::sockaddr::{numeric_sockaddr, sockaddr_to_py};
 
 /// Bytes one `recvfrom` asks for at most (asyncio's `max_size`).
 const MAX_READ_SIZE: usize = 256 * 1024;
@@ -136,165 +135,6 @@ impl Sent {
             Err(err) => Sent::Error(os_error(err)),
         }
     }
-}
-
-/// A sockaddr for `addr` when Rust can build it exactly as the socket module would:
-/// numeric IPv4 `(host, port)` or IPv6 `(host, port[, flowinfo[, scope_id]])`.
-/// `None` means "let the Python socket parse it" (names, scopes, odd forms, errors).
-fn fast_sockaddr(family: i32, addr: &Bound<'_, PyAny>) -> Option<(libc::sockaddr_storage, u32)> {
-    let tuple = addr.cast::<PyTuple>().ok()?;
-    let host_obj = tuple.get_item(0).ok()?;
-    let host = host_obj.cast::<PyString>().ok()?.to_str().ok()?;
-    let port_obj = tuple.get_item(1).ok()?;
-    if !port_obj.is_instance_of::<PyInt>() {
-        return None;
-    }
-    let port: u16 = port_obj.extract().ok()?;
-    // SAFETY: an all-zero sockaddr_storage is a valid (unspecified) address.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    if family == libc::AF_INET && tuple.len() == 2 {
-        let ip: Ipv4Addr = host.parse().ok()?;
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(ip.octets()),
-            },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-        unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
-        return Some((storage, size_of::<libc::sockaddr_in>() as u32));
-    }
-    if family == libc::AF_INET6 && (2..=4).contains(&tuple.len()) {
-        if host.contains('%') {
-            return None;
-        }
-        let ip: Ipv6Addr = host.parse().ok()?;
-        let mut extra = [0u32; 2];
-        for (i, slot) in extra.iter_mut().enumerate() {
-            if let Ok(item) = tuple.get_item(i + 2) {
-                if !item.is_instance_of::<PyInt>() {
-                    return None;
-                }
-                *slot = item.extract().ok()?;
-            }
-        }
-        let [flowinfo, scope_id] = extra;
-        if flowinfo > 0xfffff {
-            return None;
-        }
-        // SAFETY: an all-zero sockaddr_in6 is valid; every field is set below.
-        let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-        sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-        sin6.sin6_port = port.to_be();
-        sin6.sin6_flowinfo = flowinfo.to_be();
-        sin6.sin6_addr = libc::in6_addr {
-            s6_addr: ip.octets(),
-        };
-        sin6.sin6_scope_id = scope_id;
-        // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-        unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
-        return Some((storage, size_of::<libc::sockaddr_in6>() as u32));
-    }
-    None
-}
-
-// The C library's `inet_ntop` (the `libc` crate does not declare it); the socket module
-// formats addresses with it, so using it gives the same text (e.g. `::ffff:1.2.3.4`).
-extern "C" {
-    fn inet_ntop(
-        af: libc::c_int,
-        src: *const libc::c_void,
-        dst: *mut libc::c_char,
-        size: libc::socklen_t,
-    ) -> *const libc::c_char;
-}
-
-/// `inet_ntop`, as the socket module formats addresses.
-fn ntop(family: i32, src: *const libc::c_void) -> Option<String> {
-    let mut text = [0 as libc::c_char; 64];
-    // SAFETY: `src` points to an in_addr/in6_addr matching `family`; `text` is large
-    // enough for either (INET6_ADDRSTRLEN is 46) and inet_ntop NUL-terminates it.
-    let out = unsafe { inet_ntop(family, src, text.as_mut_ptr(), text.len() as u32) };
-    if out.is_null() {
-        return None;
-    }
-    // SAFETY: on success `text` holds a NUL-terminated string.
-    Some(
-        unsafe { CStr::from_ptr(text.as_ptr()) }
-            .to_string_lossy()
-            .into_owned(),
-    )
-}
-
-/// The socket module's form of a received address (`makesockaddr`).
-fn sockaddr_to_py(
-    py: Python<'_>,
-    storage: &libc::sockaddr_storage,
-    len: usize,
-) -> PyResult<Py<PyAny>> {
-    if len == 0 {
-        return Ok(py.None());
-    }
-    let family = storage.ss_family as i32;
-    if family == libc::AF_INET && len >= size_of::<libc::sockaddr_in>() {
-        // SAFETY: the kernel wrote a sockaddr_in (family and length checked).
-        let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
-        let host = ntop(family, &sin.sin_addr as *const _ as *const libc::c_void)
-            .ok_or_else(|| os_error(io::Error::last_os_error()))?;
-        return Ok((host, u16::from_be(sin.sin_port) as i32)
-            .into_pyobject(py)?
-            .into_any()
-            .unbind());
-    }
-    if family == libc::AF_INET6 && len >= size_of::<libc::sockaddr_in6>() {
-        // SAFETY: the kernel wrote a sockaddr_in6 (family and length checked).
-        let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
-        let host = ntop(family, &sin6.sin6_addr as *const _ as *const libc::c_void)
-            .ok_or_else(|| os_error(io::Error::last_os_error()))?;
-        return Ok((
-            host,
-            u16::from_be(sin6.sin6_port) as i32,
-            u32::from_be(sin6.sin6_flowinfo),
-            sin6.sin6_scope_id,
-        )
-            .into_pyobject(py)?
-            .into_any()
-            .unbind());
-    }
-    if family == libc::AF_UNIX {
-        // SAFETY: the kernel wrote a sockaddr_un (family checked; sockaddr_storage is
-        // large enough, and only the first `len` bytes are read below).
-        let sun = unsafe { &*(storage as *const _ as *const libc::sockaddr_un) };
-        let offset = std::mem::offset_of!(libc::sockaddr_un, sun_path);
-        let path_len = len.saturating_sub(offset).min(sun.sun_path.len());
-        // SAFETY: sun_path is an array of c_char; reinterpreting as u8 is sound.
-        let path: &[u8] =
-            unsafe { std::slice::from_raw_parts(sun.sun_path.as_ptr().cast(), path_len) };
-        if path_len > 0 && path[0] == 0 {
-            // The Linux abstract namespace: bytes, leading NUL included.
-            return Ok(PyBytes::new(py, path).into_any().unbind());
-        }
-        let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
-        // SAFETY: `path[..end]` is valid for reads; the call copies it into a new str.
-        let text = unsafe {
-            ffi::PyUnicode_DecodeFSDefaultAndSize(path.as_ptr().cast(), end as ffi::Py_ssize_t)
-        };
-        // SAFETY: a new reference or NULL with an exception set.
-        return unsafe { Bound::from_owned_ptr_or_err(py, text) }.map(Bound::unbind);
-    }
-    // Any other family: `(family, sa_data)` as the socket module's fallback.
-    // SAFETY: every sockaddr starts with the generic header; storage is large enough.
-    let generic = unsafe { &*(storage as *const _ as *const libc::sockaddr) };
-    // SAFETY: sa_data is an array of c_char; reinterpreting as u8 is sound.
-    let data: &[u8] = unsafe {
-        std::slice::from_raw_parts(generic.sa_data.as_ptr().cast(), generic.sa_data.len())
-    };
-    Ok((family, PyBytes::new(py, data))
-        .into_pyobject(py)?
-        .into_any()
-        .unbind())
 }
 
 transport_core!(DatagramCore);
@@ -399,7 +239,7 @@ impl DatagramCore {
     ) -> Sent {
         let target = match (self.connected, addr) {
             (true, _) => None,
-            (false, Some(addr)) => match fast_sockaddr(self.family, addr) {
+            (false, Some(addr)) => match numeric_sockaddr(self.family, addr) {
                 Some(target) => Some(target),
                 None => {
                     let result = sock
@@ -430,17 +270,17 @@ impl DatagramCore {
         loop {
             let result = match &target {
                 None => send(self.fd, bytes),
-                Some((storage, len)) => {
-                    // SAFETY: `bytes` is valid for reads; `storage` holds a sockaddr of
-                    // `len` bytes built by fast_sockaddr.
+                Some(target) => {
+                    // SAFETY: `bytes` is valid for reads; `target` holds a sockaddr of
+                    // `target.len` bytes built by numeric_sockaddr.
                     let n = unsafe {
                         libc::sendto(
                             self.fd,
                             bytes.as_ptr().cast(),
                             bytes.len(),
                             libc::MSG_NOSIGNAL,
-                            storage as *const _ as *const libc::sockaddr,
-                            *len,
+                            target.as_ptr(),
+                            target.len,
                         )
                     };
                     if n < 0 {
