@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build, demo, test and benchmark ferroloop from a fresh clone.
 
-Usage: python3 tools/dev.py {build,demo,test,lint,conformance,bench,versions}
+Usage: python3 tools/dev.py {build,demo,test,lint,conformance,compat,bench,versions}
 
 Everything is installed into ./.venv (created on first use) with the interpreter that
 runs this script, or with the one named by $FERROLOOP_PYTHON. Nothing outside the
@@ -22,6 +22,19 @@ VENV = ROOT / ".venv"
 # Tools the build and the tests need; pinned so a fresh clone builds the same way.
 DEV_REQUIREMENTS = ["maturin>=1.9,<2", "pytest>=8,<10", "ruff==0.14.*", "trustme>=1,<2"]
 BENCH_REQUIREMENTS = ["uvloop", "matplotlib", "trustme>=1,<2"]
+# Libraries compat/ runs unchanged on ferroloop, in their own venv (their pytest plugins and
+# dependencies stay out of .venv); pinned so that a new release cannot change a CI run.
+COMPAT_VENV = ROOT / ".venv-compat"
+COMPAT_REQUIREMENTS = [
+    "aiohttp==3.14.5",
+    "anyio==4.16.0",
+    "httpx==0.28.1",
+    "pytest>=8,<10",
+    "starlette==1.10.0",
+    "trustme>=1,<2",
+    "uvicorn==0.54.0",
+    "websockets==17.4",
+]
 
 
 def venv_python() -> Path:
@@ -68,27 +81,41 @@ def demo() -> None:
     run([venv_python(), ROOT / "examples" / "demo.py"])
 
 
+# The Python trees ruff checks.
+LINTED = ["python", "tests", "compat", "bench", "tools", "examples"]
+
+
 def lint() -> None:
     ensure_venv()
     run(["cargo", "fmt", "--all", "--check"])
     run(["cargo", "clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
-    run([VENV / "bin" / "ruff", "check", "python", "tests", "bench", "tools", "examples"])
+    run([VENV / "bin" / "ruff", "check", *LINTED])
     run(
         [
             VENV / "bin" / "ruff",
             "format",
             "--check",
-            "python",
-            "tests",
-            "bench",
-            "tools",
-            "examples",
+            *LINTED,
         ]
     )
 
 
 def conformance() -> None:
     run([venv_python(), ROOT / "tests" / "conformance" / "run_asyncio_suite.py"])
+
+
+def compat() -> None:
+    """aiohttp, uvicorn/starlette, websockets, anyio and streams over TLS on both loops
+    (compat/), with ferroloop as built into the source tree by `build`."""
+    python = COMPAT_VENV / "bin" / "python"
+    if not python.exists():
+        run([os.environ.get("FERROLOOP_PYTHON", sys.executable), "-m", "venv", COMPAT_VENV])
+    stamp = COMPAT_VENV / ".requirements"
+    if not stamp.exists() or stamp.read_text().splitlines() != COMPAT_REQUIREMENTS:
+        run([python, "-m", "pip", "install", "--quiet", *COMPAT_REQUIREMENTS])
+        stamp.write_text("\n".join(COMPAT_REQUIREMENTS))
+    tests = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", ROOT / "compat"]
+    run([*tests, "--rootdir", ROOT / "compat"], env={"PYTHONPATH": str(ROOT / "python")})
 
 
 def test() -> None:
@@ -98,6 +125,7 @@ def test() -> None:
     run(["cargo", "test", "-p", "ferroloop-core", "-p", "ferroloop-loadgen"])
     conformance()
     run([venv_python(), "-m", "pytest", "-q", "tests"])
+    compat()
     print(f"all checks passed in {time.monotonic() - started:.0f} s")
 
 
@@ -171,6 +199,7 @@ COMMANDS = {
     "test": test,
     "lint": lint,
     "conformance": conformance,
+    "compat": compat,
     "bench": bench,
     "versions": versions,
 }
