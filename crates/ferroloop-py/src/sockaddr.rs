@@ -62,15 +62,7 @@ pub(crate) fn numeric_sockaddr(family: i32, address: &Bound<'_, PyAny>) -> Optio
         let addr = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
         addr.sin_family = libc::AF_INET as libc::sa_family_t;
         addr.sin_port = port.to_be();
-        // SAFETY: `host` is NUL-terminated; sin_addr is a writable in_addr.
-        let ok = unsafe {
-            inet_pton(
-                libc::AF_INET,
-                host.as_ptr(),
-                (&mut addr.sin_addr as *mut libc::in_addr).cast(),
-            )
-        };
-        if ok != 1 {
+        if !pton(libc::AF_INET, &host, &mut addr.sin_addr) {
             return None;
         }
         std::mem::size_of::<libc::sockaddr_in>()
@@ -92,15 +84,7 @@ pub(crate) fn numeric_sockaddr(family: i32, address: &Bound<'_, PyAny>) -> Optio
         addr.sin6_port = port.to_be();
         addr.sin6_flowinfo = flowinfo.to_be();
         addr.sin6_scope_id = scope_id;
-        // SAFETY: `host` is NUL-terminated; sin6_addr is a writable in6_addr.
-        let ok = unsafe {
-            inet_pton(
-                libc::AF_INET6,
-                host.as_ptr(),
-                (&mut addr.sin6_addr as *mut libc::in6_addr).cast(),
-            )
-        };
-        if ok != 1 {
+        if !pton(libc::AF_INET6, &host, &mut addr.sin6_addr) {
             return None;
         }
         std::mem::size_of::<libc::sockaddr_in6>()
@@ -176,6 +160,14 @@ pub(crate) fn sockaddr_to_py(
         .into_pyobject(py)?
         .into_any()
         .unbind())
+}
+
+/// `inet_pton(family, host, dst)`: true when `host` is a numeric address of `family`,
+/// written into `dst` (an `in_addr` for AF_INET, an `in6_addr` for AF_INET6).
+fn pton<T>(family: libc::c_int, host: &CStr, dst: &mut T) -> bool {
+    // SAFETY: `host` is NUL-terminated and `dst` is a writable address of the size
+    // `family` asks for (the two callers pass in_addr with AF_INET, in6_addr with AF_INET6).
+    unsafe { inet_pton(family, host.as_ptr(), (dst as *mut T).cast()) == 1 }
 }
 
 /// `inet_ntop`, as the socket module formats addresses.
