@@ -17,55 +17,10 @@ files) and talks to it with a library client over TLS, on one loop:
 from __future__ import annotations
 
 import asyncio
-import socket
-import ssl
 import sys
 
-import ferroloop
 import pytest
-import trustme
-
-LOOPS = {"asyncio": asyncio.new_event_loop, "ferroloop": ferroloop.new_event_loop}
-TIMEOUT = 30
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    """(server context, client context, certificate chain file, key file) for 127.0.0.1."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    folder = tmp_path_factory.mktemp("tls")
-    chain, key = folder / "chain.pem", folder / "key.pem"
-    cert.private_key_pem.write_to_path(str(key))
-    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    return server, client, str(chain), str(key)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def run_on(loop_name, coro):
-    """Runs `coro` to completion on a new loop of that kind, with a timeout."""
-    loop = LOOPS[loop_name]()
-    try:
-        if loop_name == "ferroloop":
-            assert isinstance(loop, ferroloop.Loop)
-        return loop.run_until_complete(asyncio.wait_for(coro, TIMEOUT))
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
-
-
-@pytest.fixture(params=sorted(LOOPS))
-def loop_name(request):
-    return request.param
+from support import free_port, run_on
 
 
 async def aiohttp_round_trips(server_ctx, client_ctx):

@@ -105,7 +105,7 @@ def conformance() -> None:
 
 
 def compat() -> None:
-    """aiohttp, uvicorn/starlette, websockets, anyio and streams over TLS on both loops
+    """aiohttp, uvicorn/starlette, websockets, anyio and httpx, unchanged, on both loops
     (compat/), with ferroloop as built into the source tree by `build`."""
     python = COMPAT_VENV / "bin" / "python"
     if not python.exists():
