@@ -21,7 +21,10 @@ through the factory is reported as ``no-loop`` and left out of the totals.
 Each module runs in its own worker process; a test that hangs past the
 per-test limit or crashes its worker is recorded and a new worker carries on
 after it. Outcomes are compared with the expected-failures file: a new failure
-or an unexpected pass makes the exit status 1. The last line printed is
+or an unexpected pass makes the exit status 1. A new failure is first run once
+more on its own (``--retries``): one that passes then is printed as ``FLAKY``
+with its first failure, and counts as passed; one that fails again stays a
+failure. The last line printed is
 ``conformance: N passed, N failed, N skipped`` where "failed" counts only those
 unexpected outcomes.
 """
@@ -993,6 +996,33 @@ def format_table(rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
+# More new failures than this are not retried one by one: that is a broken build, not a
+# flaky test.
+MAX_RETRIED = 5
+
+
+def passes_alone(args, tid: str) -> bool:
+    """Runs test `tid` once more, alone, in a fresh runner; True if it passes there."""
+    with tempfile.TemporaryDirectory(prefix="ferroloop-retry-") as tmp:
+        out = os.path.join(tmp, "retry.json")
+        cmd = [sys.executable, SCRIPT, "--loop", args.loop, "--expected", args.expected]
+        cmd += ["--only", tid, "--jobs", "1", "--retries", "0", "--json", out]
+        cmd += ["--timeout-per-test", str(args.timeout_per_test)]
+        try:
+            subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=args.timeout_per_test * 3 + 60,
+            )
+            with open(out, encoding="utf-8") as f:
+                rec = json.load(f)["tests"].get(tid, {})
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            return False
+        return rec.get("status") == "passed"
+
+
 def parent_main(args) -> int:
     t0 = time.monotonic()
     try:
@@ -1102,6 +1132,15 @@ def parent_main(args) -> int:
 
     new = [t for t, r in tests.items() if r["status"] == "new-failure"]
     xpass = [t for t, r in tests.items() if r["status"] == "unexpected-pass"]
+    for tid in list(new) if args.retries > 0 and len(new) <= MAX_RETRIED else []:
+        if passes_alone(args, tid):
+            print(f"FLAKY (passed when run again alone): {tid}: {one_line(tests[tid])[:200]}")
+            tests[tid]["status"] = "flaky"
+            tests[tid]["first_outcome"] = tests[tid]["outcome"]
+            tests[tid]["outcome"] = "passed"
+            total["new-fail"] -= 1
+            total["passed"] += 1
+            new.remove(tid)
     for tid in new:
         print(f"NEW FAILURE {tests[tid]['outcome']}: {tid}: {one_line(tests[tid])[:200]}")
     for tid in xpass:
@@ -1170,6 +1209,13 @@ def main(argv=None) -> int:
         help="rewrite the expected-failures file from this run",
     )
     ap.add_argument("--jobs", type=int, default=2, metavar="N", help="modules run at once")
+    ap.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        choices=[0, 1],
+        help="run each new failure once more alone; a pass then is reported as FLAKY (default 1)",
+    )
     ap.add_argument(
         "--timeout-per-test", type=float, default=20.0, metavar="S", help="default 20 s"
     )
