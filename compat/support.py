@@ -28,3 +28,39 @@ def run_on(loop_name: str, coro):
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+async def serve_aiohttp(app, ssl_context=None):
+    """Serves the aiohttp `app` on a free loopback port; returns (runner, port). The
+    caller ends it with `await runner.cleanup()`."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context).start()
+    return runner, port
+
+
+async def serve_uvicorn(app, **options):
+    """Serves the ASGI `app` with uvicorn on the running loop and a free loopback port;
+    returns (server, its serve() task, port) once it listens. `options` go to
+    `uvicorn.Config` (certificate files, for instance)."""
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="error", loop="none", **options
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.ensure_future(server.serve())
+    while not server.started:
+        assert not serving.done(), serving.exception()
+        await asyncio.sleep(0.01)
+    return server, serving, port
+
+
+async def stop_uvicorn(server, serving) -> None:
+    """Asks the uvicorn `server` to exit and waits until it has."""
+    server.should_exit = True
+    await serving

@@ -20,7 +20,7 @@ import asyncio
 import sys
 
 import pytest
-from support import free_port, run_on
+from support import free_port, run_on, serve_aiohttp, serve_uvicorn, stop_uvicorn
 
 
 async def aiohttp_round_trips(server_ctx, client_ctx):
@@ -39,10 +39,7 @@ async def aiohttp_round_trips(server_ctx, client_ctx):
     app = web.Application(client_max_size=16 * 2**20)
     app.router.add_post("/", hello)
     app.router.add_get("/ws", echo_ws)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_ctx).start()
+    runner, port = await serve_aiohttp(app, ssl_context=server_ctx)
     try:
         async with ClientSession(connector=TCPConnector(ssl=client_ctx)) as session:
             for size in (10, 100_000, 3_000_000):
@@ -64,7 +61,6 @@ def test_aiohttp_https_and_wss(loop_name, tls):
 
 async def uvicorn_round_trip(client_ctx, chain, key):
     import httpx
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
@@ -74,29 +70,14 @@ async def uvicorn_round_trip(client_ctx, chain, key):
         return PlainTextResponse(f"{len(body)} {body[:5].decode()}")
 
     app = Starlette(routes=[Route("/", home, methods=["POST"])])
-    port = free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        ssl_certfile=chain,
-        ssl_keyfile=key,
-        log_level="error",
-        loop="none",  # the loop the test runs on
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.ensure_future(server.serve())
-    while not server.started:
-        assert not serving.done(), serving.exception()
-        await asyncio.sleep(0.01)
+    server, serving, port = await serve_uvicorn(app, ssl_certfile=chain, ssl_keyfile=key)
     try:
         async with httpx.AsyncClient(verify=client_ctx) as client:
             response = await client.post(f"https://127.0.0.1:{port}/", content=b"world" * 1000)
             assert response.status_code == 200
             assert response.text == "5000 world"
     finally:
-        server.should_exit = True
-        await serving
+        await stop_uvicorn(server, serving)
 
 
 def test_uvicorn_starlette_over_tls_with_httpx(loop_name, tls):

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 
-from support import free_port, run_on
+from support import run_on, serve_aiohttp, serve_uvicorn, stop_uvicorn
 
 
 async def anyio_tour(tmp_path):
@@ -87,10 +87,7 @@ async def aiohttp_streaming():
 
     app = web.Application()
     app.router.add_get("/big", big)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve_aiohttp(app)
     url = f"http://127.0.0.1:{port}/big"
     try:
         async with ClientSession() as session:
@@ -115,7 +112,6 @@ def test_aiohttp_streamed_responses_through_one_pool(loop_name):
 
 
 async def uvicorn_websocket():
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.routing import WebSocketRoute
     from websockets.asyncio.client import connect
@@ -126,20 +122,13 @@ async def uvicorn_websocket():
         await ws.close()
 
     app = Starlette(routes=[WebSocketRoute("/ws", reverse)])
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", loop="none")
-    server = uvicorn.Server(config)
-    serving = asyncio.ensure_future(server.serve())
-    while not server.started:
-        assert not serving.done(), serving.exception()
-        await asyncio.sleep(0.01)
+    server, serving, port = await serve_uvicorn(app)
     try:
         async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
             await ws.send("hello")
             assert await ws.recv() == "olleh"
     finally:
-        server.should_exit = True
-        await serving
+        await stop_uvicorn(server, serving)
 
 
 def test_uvicorn_starlette_websocket(loop_name):
@@ -155,10 +144,7 @@ async def httpx_concurrent():
 
     app = web.Application()
     app.router.add_get("/", page)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve_aiohttp(app)
     try:
         # No per-request timeout (the whole test has one): under -X dev with tracemalloc
         # a request can wait for a pool slot longer than httpx's default 5 s.
