@@ -403,10 +403,13 @@ impl TlsPump {
         let act = if self.backlog_len(py)? > 0 {
             // The backlog's byte count lives in Python; let it decide.
             true
-        } else if flags.app_writing_paused {
-            outgoing <= flags.outgoing_low_water
         } else {
-            outgoing >= flags.outgoing_high_water
+            crosses_water_mark(
+                flags.app_writing_paused,
+                outgoing,
+                flags.outgoing_low_water,
+                flags.outgoing_high_water,
+            )
         };
         if act {
             self.protocol
@@ -419,12 +422,12 @@ impl TlsPump {
     fn control_ssl_reading(&self, py: Python<'_>) -> PyResult<()> {
         let flags = self.flags(py);
         let size = self.incoming_pending(py)?;
-        let act = if flags.ssl_reading_paused {
-            size <= flags.incoming_low_water
-        } else {
-            size >= flags.incoming_high_water
-        };
-        if act {
+        if crosses_water_mark(
+            flags.ssl_reading_paused,
+            size,
+            flags.incoming_low_water,
+            flags.incoming_high_water,
+        ) {
             self.protocol
                 .call_method0(py, intern!(py, "_control_ssl_reading"))?;
         }
@@ -470,6 +473,16 @@ impl TlsPump {
         self.protocol
             .call_method1(py, intern!(py, "_write_appdata"), (list_of_data,))
             .map(drop)
+    }
+}
+
+/// Whether `size` makes a side's flow control flip: a paused side resumes at or below
+/// `low`, a running one pauses at or above `high` (asyncio's comparisons).
+fn crosses_water_mark(paused: bool, size: usize, low: usize, high: usize) -> bool {
+    if paused {
+        size <= low
+    } else {
+        size >= high
     }
 }
 
