@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import pythons
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 # Tools the build and the tests need; pinned so a fresh clone builds the same way.
@@ -135,62 +137,80 @@ def bench() -> None:
     run([venv_python(), ROOT / "bench" / "run_core.py", *sys.argv[2:]])
 
 
-def other_pythons() -> list[Path]:
-    """Interpreters of the supported versions other than the main one (pyenv's, if any)."""
-    found = []
-    for minor in ("3.10", "3.12", "3.13"):
-        for candidate in sorted(Path.home().glob(f".pyenv/versions/{minor}.*/bin/python{minor}")):
-            found.append(candidate)
-            break
-    return found
+# Every supported minor version; 3.11 is the main one (CI runs everything on it).
+SUPPORTED = ("3.11", "3.12", "3.13", "3.14", "3.15")
+# The versions CI also runs conformance and pytest on.
+CI_EXTRA_VERSIONS = ("3.14", "3.15")
+
+
+def find_python(minor: str) -> Path:
+    """The interpreter of one supported minor version: pyenv's, or for the versions
+    Debian 12 lacks, the one tools/pythons.py installs from Debian's packages."""
+    if minor in pythons.SID_VERSIONS:
+        return pythons.ensure((minor,))[minor]
+    for candidate in sorted(Path.home().glob(f".pyenv/versions/{minor}.*/bin/python{minor}")):
+        return candidate
+    sys.exit(f"no Python {minor} found under ~/.pyenv")
+
+
+def install_pythons() -> None:
+    """Install CPython 3.14 and 3.15 (idempotent; quick when already done)."""
+    for minor, path in pythons.ensure().items():
+        print(minor, path)
+
+
+def version_venv(minor: str) -> Path:
+    """A venv of one Python version with ferroloop's wheel and the test tools installed
+    (under .venv-versions, with its own cargo target dir)."""
+    base = ROOT / ".venv-versions"
+    venv = base / minor
+    vpython = venv / "bin" / "python"
+    if not vpython.exists():
+        run([find_python(minor), "-m", "venv", venv])
+    stamp = venv / ".dev-requirements"
+    if not stamp.exists() or stamp.read_text().splitlines() != DEV_REQUIREMENTS:
+        run([vpython, "-m", "pip", "install", "--quiet", *DEV_REQUIREMENTS])
+        stamp.write_text("\n".join(DEV_REQUIREMENTS))
+    wheels = base / f"wheels-{minor}"
+    for old in wheels.glob("*.whl"):
+        old.unlink()
+    run(
+        [venv / "bin" / "maturin", "build", "--release", "--quiet", "-i", vpython, "-o", wheels],
+        env={"CARGO_TARGET_DIR": str(base / f"target-{minor}")},
+    )
+    run(
+        [
+            vpython,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--force-reinstall",
+            "--no-deps",
+            *wheels.glob("*.whl"),
+        ]
+    )
+    return vpython
+
+
+def test_version(minor: str) -> None:
+    """pytest and the conformance suite on one Python version, with the installed wheel
+    imported from outside the source tree."""
+    vpython = version_venv(minor)
+    cwd = ROOT / ".venv-versions"
+    tests = ["-m", "pytest", "-q", "-p", "no:cacheprovider", ROOT / "tests", "--rootdir", ROOT]
+    run([vpython, *tests], cwd=cwd)
+    run([vpython, ROOT / "tests" / "conformance" / "run_asyncio_suite.py"], cwd=cwd)
 
 
 def versions() -> None:
-    """Builds a wheel for every other supported Python found and runs pytest and the
-    conformance suite with it (each in its own venv and target dir under .venv-versions)."""
-    base = ROOT / ".venv-versions"
-    pythons = other_pythons()
-    if not pythons:
-        sys.exit("no other Python 3.10/3.12/3.13 found under ~/.pyenv")
-    for python in pythons:
-        minor = python.name.removeprefix("python")
-        venv = base / minor
-        vpython = venv / "bin" / "python"
-        if not vpython.exists():
-            run([python, "-m", "venv", venv])
-        run([vpython, "-m", "pip", "install", "--quiet", *DEV_REQUIREMENTS])
-        wheels = base / f"wheels-{minor}"
-        for old in wheels.glob("*.whl"):
-            old.unlink()
-        run(
-            [
-                venv / "bin" / "maturin",
-                "build",
-                "--release",
-                "--quiet",
-                "-i",
-                vpython,
-                "-o",
-                wheels,
-            ],
-            env={"CARGO_TARGET_DIR": str(base / f"target-{minor}")},
-        )
-        run(
-            [
-                vpython,
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--force-reinstall",
-                "--no-deps",
-                *wheels.glob("*.whl"),
-            ]
-        )
-        # From outside the source tree, so the installed wheel is what gets imported.
-        tests = ["-m", "pytest", "-q", "-p", "no:cacheprovider", ROOT / "tests", "--rootdir", ROOT]
-        run([vpython, *tests], cwd=base)
-        run([vpython, ROOT / "tests" / "conformance" / "run_asyncio_suite.py"], cwd=base)
+    """pytest and conformance on every supported Python other than the main one, or on the
+    versions named after the command (`versions 3.14 3.15`)."""
+    wanted = sys.argv[2:] or [v for v in SUPPORTED if v != "3.11"]
+    for minor in wanted:
+        if minor not in SUPPORTED:
+            sys.exit(f"Python {minor} is not supported ({', '.join(SUPPORTED)})")
+        test_version(minor)
 
 
 COMMANDS = {
@@ -202,6 +222,7 @@ COMMANDS = {
     "compat": compat,
     "bench": bench,
     "versions": versions,
+    "pythons": install_pythons,
 }
 
 
