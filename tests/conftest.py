@@ -25,6 +25,7 @@ import socket
 import ssl
 import sys
 import threading
+import warnings
 
 import pytest
 
@@ -215,19 +216,34 @@ class Flavour:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         if kind == "asyncio":
+            self.module = asyncio
+            self.policy_name = "DefaultEventLoopPolicy"
             self.run = asyncio.run
             self.new_event_loop = asyncio.new_event_loop
             self.Loop = asyncio.SelectorEventLoop
-            self.EventLoopPolicy = asyncio.DefaultEventLoopPolicy
-            self.install = lambda: asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
+            self.install_policy = lambda: asyncio.set_event_loop_policy(self.EventLoopPolicy())
         else:
             import ferroloop
 
+            self.module = ferroloop
+            self.policy_name = "EventLoopPolicy"
             self.run = ferroloop.run
             self.new_event_loop = ferroloop.new_event_loop
             self.Loop = ferroloop.Loop
-            self.EventLoopPolicy = ferroloop.EventLoopPolicy
-            self.install = ferroloop.install
+            self.install_policy = ferroloop.install
+
+    @property
+    def EventLoopPolicy(self):  # noqa: N802 (the name it has in both modules)
+        """The policy class, without the DeprecationWarning naming it gives on 3.14+."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return getattr(self.module, self.policy_name)
+
+    def install(self):
+        """Installs the kind's policy, without the DeprecationWarning it gives on 3.14+."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.install_policy()
 
 
 @pytest.fixture
@@ -237,7 +253,9 @@ def api(loop_kind, guard):
     try:
         yield Flavour(loop_kind)
     finally:
-        asyncio.set_event_loop_policy(saved_policy)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_event_loop_policy(saved_policy)
 
 
 def pytest_collection_finish(session):

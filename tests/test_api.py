@@ -6,8 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
+import warnings
 
 import pytest
+
+# asyncio.get_event_loop_policy() warns from 3.14 on; its quiet twin is new in 3.14.
+current_policy = getattr(asyncio.events, "_get_event_loop_policy", asyncio.get_event_loop_policy)
 
 var = contextvars.ContextVar("var", default="unset")
 
@@ -127,7 +131,8 @@ def test_new_event_loop_returns_distinct_loops(api):
 
 def test_event_loop_policy_creates_loops(api):
     policy = api.EventLoopPolicy()
-    assert isinstance(policy, asyncio.AbstractEventLoopPolicy)
+    abstract = getattr(asyncio.events, "_AbstractEventLoopPolicy", None)
+    assert isinstance(policy, abstract or asyncio.AbstractEventLoopPolicy)
     loop = policy.new_event_loop()
     try:
         assert isinstance(loop, api.Loop)
@@ -137,7 +142,7 @@ def test_event_loop_policy_creates_loops(api):
 
 def test_install_makes_asyncio_create_loops_of_this_kind(api):
     api.install()
-    assert isinstance(asyncio.get_event_loop_policy(), api.EventLoopPolicy)
+    assert isinstance(current_policy(), api.EventLoopPolicy)
     loop = asyncio.new_event_loop()
     try:
         assert isinstance(loop, api.Loop)
@@ -200,3 +205,21 @@ def test_runner_with_debug(api):
 
     with asyncio.Runner(debug=True, loop_factory=api.new_event_loop) as runner:
         assert runner.run(main()) is True
+
+
+def test_policy_api_warns_as_asyncio_does_on_this_python(api):
+    """From Python 3.14, naming the policy class and installing a policy are deprecated
+    (policies go in 3.16): each gives one DeprecationWarning, which names the caller."""
+    deprecated = sys.version_info >= (3, 14)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        policy_class = getattr(api.module, api.policy_name)
+    assert [w.category for w in caught] == ([DeprecationWarning] if deprecated else [])
+    assert all(w.filename == __file__ for w in caught)
+    assert policy_class is api.EventLoopPolicy
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        api.install_policy()
+    assert [w.category for w in caught] == ([DeprecationWarning] if deprecated else [])
+    assert all("slated for removal in Python 3.16" in str(w.message) for w in caught)
+    assert isinstance(current_policy(), policy_class)

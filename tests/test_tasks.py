@@ -156,7 +156,9 @@ def test_task_factory_get_and_set(loop):
         return "made by factory"
 
     task = loop.create_task(main(), name="named")
-    assert created == [(loop, task, {})]
+    # Python 3.14 hands the factory create_task's keywords; before, it set the name after.
+    passed = {"name": "named"} if sys.version_info >= (3, 14) else {}
+    assert created == [(loop, task, passed)]
     assert task.get_name() == "named"
     assert loop.run_until_complete(task) == "made by factory"
 
@@ -182,6 +184,62 @@ def test_task_factory_receives_context_when_given(loop):
 
     loop.run_until_complete(loop.create_task(main(), context=ctx))
     assert received == [{"context": ctx}]
+
+
+def test_create_task_keywords_follow_the_running_python(loop):
+    """3.14 passes every keyword to the task factory as given; before, create_task takes
+    only name and context."""
+    received = []
+
+    def factory(loop_arg, coro, **kwargs):
+        received.append(kwargs)
+        coro.close()
+        return loop_arg.create_future()
+
+    loop.set_task_factory(factory)
+
+    async def main():
+        return 1
+
+    if sys.version_info >= (3, 14):
+        loop.create_task(main(), priority=3, name=None)
+        loop.create_task(main())
+        assert received == [{"priority": 3, "name": None}, {}]
+    else:
+        coro = main()
+        with pytest.raises(TypeError, match="unexpected keyword argument 'priority'"):
+            loop.create_task(coro, priority=3)
+        coro.close()
+        assert received == []
+    loop.set_task_factory(None)
+    coro = main()
+    with pytest.raises(TypeError):
+        loop.create_task(coro, priority=3)  # asyncio.Task takes no such keyword
+    coro.close()
+
+
+def test_create_task_eager_start(loop):
+    steps = []
+
+    async def child():
+        steps.append("child started")
+        await asyncio.sleep(0)
+        return "done"
+
+    async def main():
+        if sys.version_info < (3, 14):
+            coro = child()
+            with pytest.raises(TypeError, match="eager_start"):
+                loop.create_task(coro, eager_start=True)
+            coro.close()
+            return None
+        task = loop.create_task(child(), eager_start=True)
+        # An eager task has run up to its first suspension before create_task returns.
+        assert steps == ["child started"]
+        return await task
+
+    expected = "done" if sys.version_info >= (3, 14) else None
+    assert loop.run_until_complete(main()) == expected
 
 
 def test_task_factory_used_by_run_until_complete_and_ensure_future(loop):

@@ -10,6 +10,13 @@ import pytest
 from support import run_once, run_until
 from transport_support import Peer, RecordingProtocol
 
+# What asyncio's socket transports name in write()'s TypeError (reworded in 3.14).
+WRITE_TYPES = (
+    "a bytes, bytearray, or memoryview object"
+    if sys.version_info >= (3, 14)
+    else "a bytes-like object"
+)
+
 
 def test_is_an_asyncio_transport(stream_kit):
     transport, _ = stream_kit.open(RecordingProtocol())
@@ -165,7 +172,7 @@ def test_write_rejects_non_bytes(stream_kit, value, name):
     transport, _ = stream_kit.open(RecordingProtocol())
     with pytest.raises(TypeError) as info:
         transport.write(value)
-    assert str(info.value) == f"data argument must be a bytes-like object, not {name!r}"
+    assert str(info.value) == f"data argument must be {WRITE_TYPES}, not {name!r}"
     assert not transport.is_closing()
 
 

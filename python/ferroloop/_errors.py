@@ -17,6 +17,18 @@ logger = logging.getLogger("asyncio")
 _HANDLER_RUNS_IN_CONTEXT = sys.version_info >= (3, 12)
 
 
+# asyncio.iscoroutinefunction is deprecated from 3.14, where asyncio itself calls the
+# private twin (which also knows asyncio's `_is_coroutine` marker).
+_iscoroutinefunction = getattr(coroutines, "_iscoroutinefunction", None) or (
+    coroutines.iscoroutinefunction
+)
+
+
+def is_coroutine_or_function(callback) -> bool:
+    """asyncio's test for callbacks that are coroutines rather than plain callables."""
+    return coroutines.iscoroutine(callback) or _iscoroutinefunction(callback)
+
+
 class ErrorsMixin:
     """`set_exception_handler` and friends, plus the hooks the Rust run loop calls."""
 
@@ -125,7 +137,7 @@ class ErrorsMixin:
             )
 
     def _check_callback(self, callback, method):
-        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+        if is_coroutine_or_function(callback):
             raise TypeError(f"coroutines cannot be used with {method}()")
         if not callable(callback):
             raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")

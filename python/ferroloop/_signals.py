@@ -14,9 +14,9 @@ import errno
 import logging
 import signal
 import socket
-from asyncio import coroutines
 
 from ._core import Handle
+from ._errors import is_coroutine_or_function
 
 logger = logging.getLogger("asyncio")
 
@@ -43,7 +43,7 @@ class SignalsMixin:
 
     def add_signal_handler(self, sig, callback, *args):
         """Calls `callback(*args)` in the loop whenever signal `sig` arrives."""
-        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+        if is_coroutine_or_function(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         _check_signal(sig)
         self._check_closed()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
-from asyncio import futures, tasks
+from asyncio import futures
 
+# 3.14 hands a task factory every keyword create_task was given, as given.
+_FACTORY_GETS_ALL_KEYWORDS = sys.version_info >= (3, 14)
 # 3.13 gave Task.set_name to every task factory's result; before, non-Task results may
 # lack it and asyncio skipped them.
 _ALWAYS_SET_NAME = sys.version_info >= (3, 13)
@@ -19,22 +21,17 @@ class TasksMixin:
         """A new asyncio.Future attached to this loop."""
         return futures.Future(loop=self)
 
-    def _create_task_slow(self, coro, *, name=None, context=None, **kwargs):
-        """`create_task` with a task factory or extra keywords (the Rust `create_task`
-        handles the rest itself)."""
+    def _create_task_slow(self, coro, **kwargs):
+        """`create_task` with a task factory (the Rust `create_task`, which has checked
+        the keywords, handles the rest itself)."""
         self._check_closed()
         factory = self._task_factory
-        if factory is None:
-            if context is not None:
-                # Python 3.10's Task has no context argument; pass it only when given.
-                kwargs["context"] = context
-            task = tasks.Task(coro, loop=self, name=name, **kwargs)
-            if task._source_traceback:
-                del task._source_traceback[-1]
-            return task
-        if context is not None:
-            kwargs["context"] = context
-        task = factory(self, coro, **kwargs)
+        if _FACTORY_GETS_ALL_KEYWORDS:
+            return factory(self, coro, **kwargs)
+        name = kwargs.get("name")
+        context = kwargs.get("context")
+        # Before 3.14 the factory got `context=` only when one was given.
+        task = factory(self, coro) if context is None else factory(self, coro, context=context)
         if name is not None:
             set_name = getattr(task, "set_name", None)
             if set_name is not None or _ALWAYS_SET_NAME:

@@ -1,40 +1,57 @@
 //! `loop.create_task` without a Python frame in the common case.
 //!
 //! Every ASGI request and every `asyncio.create_task` goes through here. With no task
-//! factory and no extra keywords, the loop calls `asyncio.tasks.Task(coro, loop=self,
-//! name=..., context=...)` itself; anything else goes to the Python implementation
-//! (`_create_task_slow` in `ferroloop._tasks`), which handles factories and keywords.
+//! factory the loop calls `asyncio.tasks.Task(coro, loop=self, **kwargs)` itself; a task
+//! factory goes to the Python implementation (`_create_task_slow` in `ferroloop._tasks`).
+//!
+//! The keywords follow the running Python's `BaseEventLoop.create_task`: up to 3.13 it
+//! takes only `name` and `context`; from 3.14 on it passes any keyword (`eager_start`, or
+//! whatever a task factory understands) through unchanged.
 
+use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyModule};
+use pyo3::types::{PyDict, PyModule, PyString};
 
 use crate::event_loop::EventLoop;
+
+/// Whether `create_task` passes every keyword through (Python 3.14+).
+fn passes_any_keyword(py: Python<'_>) -> bool {
+    static ANY_KEYWORD: PyOnceLock<bool> = PyOnceLock::new();
+    *ANY_KEYWORD.get_or_init(py, || py.version_info() >= (3, 14))
+}
+
+/// Before 3.14, `create_task` accepts only `name` and `context`, like asyncio's.
+fn check_keywords(kwargs: &Bound<'_, PyDict>) -> PyResult<()> {
+    for key in kwargs.keys() {
+        let key = key.cast_into::<PyString>()?;
+        let key = key.to_cow()?;
+        if key != "name" && key != "context" {
+            return Err(PyTypeError::new_err(format!(
+                "create_task() got an unexpected keyword argument '{key}'"
+            )));
+        }
+    }
+    Ok(())
+}
 
 #[pymethods]
 impl EventLoop {
     /// Wraps `coro` in a Task (or the task factory's result) scheduled on this loop.
-    #[pyo3(signature = (coro, *, name = None, context = None, **kwargs))]
+    #[pyo3(signature = (coro, **kwargs))]
     fn create_task(
         slf: &Bound<'_, Self>,
         coro: &Bound<'_, PyAny>,
-        name: Option<&Bound<'_, PyAny>>,
-        context: Option<&Bound<'_, PyAny>>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
-        let plain = kwargs.map_or(true, |k| k.is_empty())
-            && slf.getattr(intern!(py, "_task_factory"))?.is_none();
-        if !plain {
-            let all = PyDict::new(py);
-            if let Some(kwargs) = kwargs {
-                all.update(kwargs.as_mapping())?;
-            }
-            all.set_item(intern!(py, "name"), name)?;
-            all.set_item(intern!(py, "context"), context)?;
+        if let Some(kwargs) = kwargs.filter(|_| !passes_any_keyword(py)) {
+            check_keywords(kwargs)?;
+        }
+        if !slf.getattr(intern!(py, "_task_factory"))?.is_none() {
             return Ok(slf
-                .call_method(intern!(py, "_create_task_slow"), (coro,), Some(&all))?
+                .call_method(intern!(py, "_create_task_slow"), (coro,), kwargs)?
                 .unbind());
         }
         slf.get().ensure_open()?;
@@ -44,15 +61,11 @@ impl EventLoop {
             .get_or_try_init(py, || Ok::<_, PyErr>(py.import("asyncio.tasks")?.unbind()))?
             .bind(py)
             .getattr(intern!(py, "Task"))?;
-        let options = PyDict::new(py);
+        let options = match kwargs {
+            Some(kwargs) => kwargs.copy()?,
+            None => PyDict::new(py),
+        };
         options.set_item(intern!(py, "loop"), slf)?;
-        if let Some(name) = name.filter(|n| !n.is_none()) {
-            options.set_item(intern!(py, "name"), name)?;
-        }
-        // Python 3.10's Task has no `context`; it is passed only when given.
-        if let Some(context) = context.filter(|c| !c.is_none()) {
-            options.set_item(intern!(py, "context"), context)?;
-        }
         // In debug mode the Task's `_source_traceback` ends with the caller's frame: no
         // Python frame of create_task's own is on the stack to drop, unlike asyncio's.
         Ok(task_type.call((coro,), Some(&options))?.unbind())

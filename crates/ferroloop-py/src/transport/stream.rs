@@ -22,6 +22,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 
 use super::exported_buffer::ExportedBuffer;
@@ -242,10 +243,23 @@ fn payload(data: &Bound<'_, PyAny>) -> PyResult<Payload> {
         let copy = copy.cast_into::<PyBytes>()?;
         return Ok(Payload::Copied(copy.as_bytes().to_vec()));
     }
-    Err(PyTypeError::new_err(format!(
-        "data argument must be a bytes-like object, not '{}'",
-        data.get_type().name()?
-    )))
+    Err(not_a_buffer_error(data))
+}
+
+/// The `TypeError` asyncio's socket transports raise for a `write()` of something that is
+/// not bytes, a bytearray or a memoryview; Python 3.14 reworded it to name those types.
+fn not_a_buffer_error(data: &Bound<'_, PyAny>) -> PyErr {
+    let py = data.py();
+    static NAMES_THE_TYPES: PyOnceLock<bool> = PyOnceLock::new();
+    let kind = if *NAMES_THE_TYPES.get_or_init(py, || py.version_info() >= (3, 14)) {
+        "a bytes, bytearray, or memoryview object"
+    } else {
+        "a bytes-like object"
+    };
+    match data.get_type().name() {
+        Ok(name) => PyTypeError::new_err(format!("data argument must be {kind}, not '{name}'")),
+        Err(err) => err,
+    }
 }
 
 write_flow_pymethods!(StreamCore);
