@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Build, demo, test and benchmark ferroloop from a fresh clone.
 
-Usage: python3 tools/dev.py {build,demo,test,lint,conformance,compat,bench,versions}
+Usage: python3 tools/dev.py {build,demo,test,lint,conformance,compat,bench,versions,pythons}
 
 Everything is installed into ./.venv (created on first use) with the interpreter that
-runs this script, or with the one named by $FERROLOOP_PYTHON. Nothing outside the
-clone is touched. Needs only Python 3.10+ with pip and a stable Rust toolchain.
+runs this script, or with the one named by $FERROLOOP_PYTHON. Needs only Python 3.11+
+with pip and a stable Rust toolchain; `test` and `versions` also use CPython 3.14 and
+3.15, which `pythons` (tools/pythons.py) installs from Debian's packages into
+/opt/ferroloop-pythons on first use.
 """
 
 from __future__ import annotations
@@ -128,6 +130,8 @@ def test() -> None:
     conformance()
     run([venv_python(), "-m", "pytest", "-q", "tests"])
     compat()
+    for minor in CI_EXTRA_VERSIONS:
+        test_version(minor)
     print(f"all checks passed in {time.monotonic() - started:.0f} s")
 
 
