@@ -430,10 +430,14 @@ def test_cancel_during_creation_kills_child(loop):
     def leftover():
         return set(_children_of_this_process()) - before
 
-    # Let the killed child's pipes and exit be processed.
+    # Let the killed child's pipes and exit be processed. (ferroloop spawns off the
+    # loop's thread: the cancelled spawn may still be under way; closing the loop waits
+    # for it and disposes of its child.)
+    loop.run_until_complete(asyncio.sleep(0.05))
+    loop.close()
     deadline = time.monotonic() + 5
     while leftover() and time.monotonic() < deadline:
-        loop.run_until_complete(asyncio.sleep(0.01))
+        time.sleep(0.01)
     assert not leftover()
 
 
@@ -508,3 +512,59 @@ def test_loop_closed_with_live_child(loop, loop_kind, caplog):
     with pytest.warns(ResourceWarning, match="unclosed transport"):
         del transport
         gc.collect()
+
+
+def _slow_exec():
+    """A preexec_fn: the child takes 0.3 s before it execs (Popen waits for the exec)."""
+    time.sleep(0.3)
+
+
+def test_spawning_does_not_block_the_loop(loop, loop_kind):
+    """Popen blocks until the child has exec'd. asyncio calls it on the loop's thread, so
+    a slow fork or preexec_fn stops the loop; ferroloop calls it on a thread of its own
+    (issue 11: blockbuster's "Blocking call to os.read"; MagicStack/uvloop#118)."""
+    ticks = []
+
+    async def ticker():
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    async def main():
+        ticking = loop.create_task(ticker())
+        await asyncio.sleep(0.02)
+        before = len(ticks)
+        transport, _ = await loop.subprocess_exec(
+            asyncio.SubprocessProtocol, *SLEEPER, preexec_fn=_slow_exec
+        )
+        during = len(ticks) - before
+        ticking.cancel()
+        transport.close()
+        await transport._wait()
+        return during
+
+    during = run(loop, main())
+    if loop_kind == "asyncio":
+        assert during <= 1  # asyncio's loop stood still for the whole spawn
+    else:
+        assert during >= 10  # 0.3 s of 10 ms ticks went on meanwhile
+
+
+def test_cancel_during_a_slow_spawn_leaves_no_child(loop):
+    before = set(_children_of_this_process())
+
+    async def main():
+        task = loop.create_task(
+            loop.subprocess_exec(asyncio.SubprocessProtocol, *SLEEPER, preexec_fn=_slow_exec)
+        )
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.5)  # the spawn ends meanwhile (on ferroloop, off the loop)
+
+    run(loop, main())
+    deadline = time.monotonic() + 5
+    while set(_children_of_this_process()) - before and time.monotonic() < deadline:
+        loop.run_until_complete(asyncio.sleep(0.01))
+    assert not set(_children_of_this_process()) - before

@@ -38,7 +38,7 @@ class DatagramTransport(SocketTransportBase, asyncio.Transport, asyncio.Datagram
     datagram transport is (code checks either).
     """
 
-    __slots__ = ("_core", "_loop", "__weakref__")
+    __slots__ = ("_core", "_loop", "__weakref__", "__dict__")
 
     max_size = 256 * 1024  # Bytes one recvfrom asks for (asyncio's value).
 

@@ -125,6 +125,7 @@ class Loop(
             self._close_signals()
         self._close_subprocesses()
         self._close_core()
+        self._abandon_spawns()
         self._shutdown_executor_nowait()
 
     def __del__(self, _warn=warnings.warn):

@@ -41,7 +41,7 @@ def _extra_for(sock, extra):
 class SocketTransport(SocketTransportBase, asyncio.Transport):
     """A byte-stream transport over a connected socket."""
 
-    __slots__ = ("_core", "_loop", "__weakref__")
+    __slots__ = ("_core", "_loop", "__weakref__", "__dict__")
 
     # loop.sendfile may hand the socket to os.sendfile (asyncio's marker for that).
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE

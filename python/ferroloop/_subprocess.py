@@ -2,12 +2,16 @@
 
 The child is spawned by `subprocess.Popen`, so every Popen option works (cwd, env,
 pass_fds, start_new_session, process_group, user, group, extra_groups, umask,
-preexec_fn, ...). Its pipes become our pipe transports (`connect_read_pipe` /
-`connect_write_pipe`). Its exit is watched by a pidfd (`os.pidfd_open`) registered with
-the loop's poller: when the pidfd becomes readable the child is reaped with
-`os.waitpid(pid, WNOHANG)`. No thread, no SIGCHLD handler, and no other child of the
-process is touched. Where pidfds are unavailable (Linux < 5.3, seccomp) a thread per
-child waits in `os.waitpid(pid, 0)` instead.
+preexec_fn, ...). Popen runs on a short-lived thread of its own, never on the loop's: it
+forks and then blocks in `os.read` until the child has exec'd (or failed to), which
+takes as long as a large process's fork or a slow `preexec_fn` (asyncio and uvloop block
+the loop for all of it; MagicStack/uvloop#118; issue 11). A child whose spawn was
+cancelled meanwhile is killed and reaped there. Its pipes become our pipe transports
+(`connect_read_pipe` / `connect_write_pipe`). Its exit is watched by a pidfd
+(`os.pidfd_open`) registered with the loop's poller: when the pidfd becomes readable the
+child is reaped with `os.waitpid(pid, WNOHANG)`. No thread, no SIGCHLD handler, and no
+other child of the process is touched. Where pidfds are unavailable (Linux < 5.3,
+seccomp) a thread per child waits in `os.waitpid(pid, 0)` instead.
 
 The protocol sees asyncio's order of events: `connection_made` (after the pipe
 transports are connected), `pipe_data_received`, `pipe_connection_lost`,
@@ -115,6 +119,82 @@ def _wait_in_thread(loop, transport, proc, pid, on_closed_loop_only):
     logger.warning("Loop %r that handles pid %r is closed", loop, pid)
 
 
+class _Spawn:
+    """One `subprocess.Popen(args, **popen_kwargs)` on a thread of its own, while the loop
+    runs on. The loop keeps the spawn (in `_spawns`) until the child is handed to the
+    awaiting task; a child nobody will own (the task was cancelled, or the loop closed
+    first) is killed and reaped."""
+
+    def __init__(self, loop, args, popen_kwargs):
+        self.loop = loop
+        self.future = loop.create_future()
+        # (proc, exception) from the thread, until the loop takes it; guarded by `lock`.
+        self.outcome = None
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(
+            target=self._run, args=(args, popen_kwargs), name="ferroloop-spawn", daemon=True
+        )
+
+    def _run(self, args, popen_kwargs):
+        try:
+            outcome = (subprocess.Popen(args, **popen_kwargs), None)
+        except BaseException as exc:  # handed to the awaiting task, as asyncio raises it
+            outcome = (None, exc)
+        with self.lock:
+            self.outcome = outcome
+        try:
+            self.loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the loop closed meanwhile
+            self.abandon()
+
+    def _take(self):
+        with self.lock:
+            outcome, self.outcome = self.outcome, None
+        return outcome
+
+    def _deliver(self):
+        self.loop._spawns.discard(self)
+        outcome = self._take()
+        if outcome is None:
+            return
+        proc, exc = outcome
+        if self.future.cancelled():
+            if proc is not None:
+                threading.Thread(
+                    target=_discard_child, args=(proc,), name="ferroloop-discard", daemon=True
+                ).start()
+        elif exc is not None:
+            self.future.set_exception(exc)
+        else:
+            self.future.set_result(proc)
+
+    def abandon(self):
+        """Kills and reaps the child, if there is one the loop has not taken."""
+        outcome = self._take()
+        if outcome is not None and outcome[0] is not None:
+            _discard_child(outcome[0])
+
+
+async def _popen_off_loop(loop, args, popen_kwargs):
+    """The spawned `subprocess.Popen`; Popen's exception, if any, is raised here."""
+    spawn = _Spawn(loop, args, popen_kwargs)
+    loop._spawns.add(spawn)
+    spawn.thread.start()
+    return await spawn.future
+
+
+def _discard_child(proc):
+    """Kills and reaps a child whose spawn was cancelled, and closes its pipes."""
+    try:
+        proc.kill()
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 class SubprocessTransport(asyncio.SubprocessTransport):
     """A child process with its stdin/stdout/stderr pipe transports."""
 
@@ -131,27 +211,26 @@ class SubprocessTransport(asyncio.SubprocessTransport):
         "_finished",
         "_pidfd",
         "__weakref__",
+        "__dict__",
     )
 
     def __init__(
         self,
         loop,
         protocol,
-        args,
-        shell,
+        proc,
+        program,
         stdin,
         stdout,
         stderr,
-        bufsize,
         waiter=None,
         extra=None,
-        **kwargs,
     ):
         super().__init__(extra)
         self._closed = False
         self._protocol = protocol
         self._loop = loop
-        self._proc = None
+        self._proc = proc
         self._pid = None
         self._returncode = None
         self._exit_waiters = []
@@ -169,26 +248,10 @@ class SubprocessTransport(asyncio.SubprocessTransport):
         if stderr == subprocess.PIPE:
             self._pipes[2] = None
 
-        try:
-            self._proc = subprocess.Popen(
-                args,
-                shell=shell,
-                stdin=stdin,
-                stdout=stdout,
-                stderr=stderr,
-                universal_newlines=False,
-                bufsize=bufsize,
-                **kwargs,
-            )
-        except BaseException:
-            self.close()
-            raise
-
         self._pid = self._proc.pid
         self._extra["subprocess"] = self._proc
 
         if loop.get_debug():
-            program = args if isinstance(args, (bytes, str)) else args[0]
             logger.debug("process %r created: pid %s", program, self._pid)
 
         try:
@@ -498,11 +561,21 @@ class SubprocessMixin:
     def _init_subprocesses(self):
         # pid -> SubprocessTransport whose exit is watched by a pidfd of this loop.
         self._watched_children = {}
+        # Popen calls under way on their threads (_Spawn), until their child is taken.
+        self._spawns = set()
 
     def _close_subprocesses(self):
         for transport in list(self._watched_children.values()):
             transport._hand_over_to_thread()
         self._watched_children.clear()
+
+    def _abandon_spawns(self):
+        """At close, once no callback can run any more: waits for the Popen calls still
+        under way and kills and reaps the children no task will take."""
+        spawns, self._spawns = self._spawns, set()
+        for spawn in spawns:
+            spawn.thread.join()
+            spawn.abandon()
 
     def _log_subprocess(self, msg, stdin, stdout, stderr):
         info = [msg]
@@ -520,19 +593,23 @@ class SubprocessMixin:
     async def _make_subprocess_transport(
         self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=None, **kwargs
     ):
-        waiter = self.create_future()
-        transport = SubprocessTransport(
+        proc = await _popen_off_loop(
             self,
-            protocol,
             args,
-            shell,
-            stdin,
-            stdout,
-            stderr,
-            bufsize,
-            waiter=waiter,
-            extra=extra,
-            **kwargs,
+            dict(
+                shell=shell,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                universal_newlines=False,
+                bufsize=bufsize,
+                **kwargs,
+            ),
+        )
+        waiter = self.create_future()
+        program = args if isinstance(args, (bytes, str)) else args[0]
+        transport = SubprocessTransport(
+            self, protocol, proc, program, stdin, stdout, stderr, waiter=waiter, extra=extra
         )
         try:
             await waiter

@@ -4,7 +4,9 @@ Each transport is an asyncio transport class that delegates to a Rust core in
 `self._core` (see `_stream.py` for why the split exists). These mixins hold the
 delegating methods that are the same for several transports; they come before the
 asyncio base class so their methods replace asyncio's abstract ones. They declare empty
-`__slots__`, so the transports keep their own layout.
+`__slots__`, so the transports keep their own layout. Every concrete transport has an
+instance `__dict__` all the same: applications and test suites set attributes and replace
+methods (`transport.write = wrapper`) on the instance, as asyncio's transports allow.
 """
 
 from __future__ import annotations
