@@ -276,6 +276,45 @@ def test_object_without_fileno_raises_value_error(loop, method):
         getattr(loop, method)(object(), *args)
 
 
+@pytest.mark.parametrize("fd", [2**31, 2**70])
+@pytest.mark.parametrize("direction", ["reader", "writer"])
+def test_fd_beyond_a_c_int(loop, fd, direction):
+    """asyncio's selectors take any non-negative int: removing one never watched answers
+    False; watching it fails in epoll's registration with OverflowError."""
+    assert getattr(loop, f"remove_{direction}")(fd) is False
+    with pytest.raises(OverflowError, match="too large to convert to C int"):
+        getattr(loop, f"add_{direction}")(fd, lambda: None)
+    assert getattr(loop, f"remove_{direction}")(fd) is False
+
+
+def test_huge_negative_fd_raises_value_error(loop):
+    with pytest.raises(ValueError, match=rf"^Invalid file descriptor: {-(2**70)}$"):
+        loop.remove_reader(-(2**70))
+
+
+@pytest.mark.parametrize("direction", ["reader", "writer"])
+def test_watch_is_removed_with_the_socket_object_after_it_closed(loop, direction):
+    """A closed socket's fileno() is -1; asyncio still finds the watch made with that very
+    object (anyio removes its readers so after closing a socket; issue 11)."""
+    sock = socket.socket()
+    getattr(loop, f"add_{direction}")(sock, lambda: None)
+    sock.close()
+    assert getattr(loop, f"remove_{direction}")(sock) is True
+    # Once nothing is watched through it, -1 is an invalid fd again.
+    with pytest.raises(ValueError, match=r"^Invalid file descriptor: -1$"):
+        getattr(loop, f"remove_{direction}")(sock)
+
+
+def test_watch_made_with_an_int_is_not_found_through_a_closed_object(loop):
+    sock = socket.socket()
+    loop.add_reader(sock.fileno(), lambda: None)
+    fd = sock.fileno()
+    sock.close()
+    with pytest.raises(ValueError, match=r"^Invalid file descriptor: -1$"):
+        loop.remove_reader(sock)
+    assert loop.remove_reader(fd) is True
+
+
 @pytest.mark.parametrize("method", ["add_reader", "add_writer"])
 def test_fd_that_is_not_open_raises_os_error(loop, method):
     fd, other = os.pipe()

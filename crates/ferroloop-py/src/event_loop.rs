@@ -35,6 +35,11 @@ const DEFAULT_SLOW_CALLBACK_DURATION: f64 = 0.1;
 pub struct FdWatch {
     pub reader: Option<Py<Handle>>,
     pub writer: Option<Py<Handle>>,
+    /// The address of the object last given to `add_reader`/`add_writer` for this fd, to
+    /// find the watch again from that object once its `fileno()` is -1 (closed), as
+    /// asyncio's selectors do. An address, not a reference: holding the object would let
+    /// dropping a watch run its `__del__` while the loop state is borrowed. 0 for none.
+    pub fileobj: usize,
 }
 
 impl FdWatch {

@@ -6,7 +6,7 @@
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyTuple};
 
@@ -20,25 +20,58 @@ enum Direction {
     Write,
 }
 
-/// An fd from an int or an object with `fileno()`, with the errors asyncio's selectors raise.
-pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
-    let fd: i64 = if obj.is_instance_of::<PyInt>() {
-        obj.extract()
-            .map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {obj}")))?
+/// What a file object given to `add_*`/`remove_*` names, as asyncio's selectors see it.
+enum Target {
+    /// A watchable fd.
+    Fd(RawFd),
+    /// An int too large for a C int: never watched (`remove_*` answers False, `add_*`
+    /// raises the `OverflowError` epoll's registration raises).
+    TooLarge,
+}
+
+/// Resolves an int or an object with `fileno()` with the errors asyncio's selectors raise.
+///
+/// A closed socket's `fileno()` is -1, but asyncio's selectors still find the
+/// registration made with that same object (anyio removes its readers that way after
+/// closing a socket): the watch made with it is looked up by identity.
+fn resolve(event_loop: &EventLoop, obj: &Bound<'_, PyAny>) -> PyResult<Target> {
+    let py = obj.py();
+    let is_int = obj.is_instance_of::<PyInt>();
+    let number = if is_int {
+        obj.clone()
     } else {
         let invalid = || {
             let repr = obj.repr().map(|r| r.to_string()).unwrap_or_default();
             PyValueError::new_err(format!("Invalid file object: {repr}"))
         };
         let fileno = obj.call_method0("fileno").map_err(|_| invalid())?;
-        fileno.extract::<i64>().map_err(|_| invalid())?
+        // `int(obj.fileno())`, as asyncio converts it.
+        py.get_type::<PyInt>()
+            .call1((fileno,))
+            .map_err(|_| invalid())?
     };
-    if fd < 0 || fd > i32::MAX as i64 {
-        return Err(PyValueError::new_err(format!(
-            "Invalid file descriptor: {fd}"
-        )));
+    if number.lt(0)? {
+        let identity = obj.as_ptr() as usize;
+        let registered = if is_int {
+            None
+        } else {
+            let state = event_loop.state.borrow_mut(py);
+            state
+                .fds
+                .iter()
+                .find(|(_, watch)| watch.fileobj == identity)
+                .map(|(fd, _)| *fd)
+        };
+        return match registered {
+            Some(fd) => Ok(Target::Fd(fd)),
+            None => Err(PyValueError::new_err(format!(
+                "Invalid file descriptor: {number}"
+            ))),
+        };
     }
-    Ok(fd as RawFd)
+    Ok(number
+        .extract::<RawFd>()
+        .map_or(Target::TooLarge, Target::Fd))
 }
 
 /// Re-registers `fd` with the poller for the directions still watched, or forgets it.
@@ -74,7 +107,13 @@ impl EventLoop {
         direction: Direction,
     ) -> PyResult<()> {
         self.ensure_open()?;
-        let fd = fileobj_to_fd(fd)?;
+        let identity = fd.as_ptr() as usize;
+        let target = resolve(self, fd)?;
+        let Target::Fd(fd) = target else {
+            return Err(PyOverflowError::new_err(
+                "Python int too large to convert to C int",
+            ));
+        };
         let handle = Py::new(
             py,
             Handle::create(py, callback.unbind(), args.unbind(), None)?,
@@ -83,6 +122,7 @@ impl EventLoop {
             let mut state = self.state.borrow_mut(py);
             let state = &mut *state;
             let watch = state.fds.entry(fd).or_default();
+            watch.fileobj = identity;
             let previous = slot(watch, direction).replace(handle);
             let interest = watch.interest();
             let registered = match &state.poller {
@@ -118,7 +158,9 @@ impl EventLoop {
         if self.is_closed() {
             return Ok(false);
         }
-        let fd = fileobj_to_fd(fd)?;
+        let Target::Fd(fd) = resolve(self, fd)? else {
+            return Ok(false);
+        };
         let removed = {
             let mut state = self.state.borrow_mut(py);
             let state = &mut *state;
