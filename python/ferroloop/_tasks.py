@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
-from asyncio import futures, tasks
+from asyncio import base_events, futures, tasks
 
 # 3.13 gave Task.set_name to every task factory's result; before, non-Task results may
 # lack it and asyncio skipped them.
 _ALWAYS_SET_NAME = sys.version_info >= (3, 13)
+# Newer asyncio (3.14; `create_task(coro, **kwargs)`) hands every keyword, `name` among
+# them, to the task factory and names nothing afterwards, so an eager task has its name
+# while its first step runs (and `asyncio.capture_call_graph` shows it); older asyncio
+# (`create_task(coro, *, name=None, context=None)`) names the factory's result.
+_FACTORY_TAKES_NAME = (
+    "name" not in inspect.signature(base_events.BaseEventLoop.create_task).parameters
+)
 
 
 class TasksMixin:
@@ -34,6 +42,10 @@ class TasksMixin:
             return task
         if context is not None:
             kwargs["context"] = context
+        if _FACTORY_TAKES_NAME:
+            if name is not None:
+                kwargs["name"] = name
+            return factory(self, coro, **kwargs)
         task = factory(self, coro, **kwargs)
         if name is not None:
             set_name = getattr(task, "set_name", None)
