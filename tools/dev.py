@@ -34,6 +34,7 @@ COMPAT_REQUIREMENTS = [
     "anyio==4.16.0",
     "httpx==0.28.1",
     "pytest>=8,<10",
+    "pytest-asyncio==1.5.0",
     "starlette==1.10.0",
     "trustme>=1,<2",
     "uvicorn==0.54.0",
@@ -110,16 +111,29 @@ def conformance() -> None:
 
 def compat() -> None:
     """aiohttp, uvicorn/starlette, websockets, anyio and httpx, unchanged, on both loops
-    (compat/), with ferroloop as built into the source tree by `build`."""
-    python = COMPAT_VENV / "bin" / "python"
+    (compat/), with ferroloop as built into the source tree by `build`. `compat 3.14` runs
+    them on another supported Python instead, in .venv-compat-3.14, with ferroloop's wheel
+    for it (built as `versions` builds it)."""
+    minor = sys.argv[2] if len(sys.argv) > 2 and sys.argv[1] == "compat" else None
+    venv = COMPAT_VENV if minor is None else ROOT / f".venv-compat-{minor}"
+    python = venv / "bin" / "python"
     if not python.exists():
-        run([os.environ.get("FERROLOOP_PYTHON", sys.executable), "-m", "venv", COMPAT_VENV])
-    stamp = COMPAT_VENV / ".requirements"
+        base = find_python(minor) if minor else os.environ.get("FERROLOOP_PYTHON", sys.executable)
+        run([base, "-m", "venv", venv])
+    stamp = venv / ".requirements"
     if not stamp.exists() or stamp.read_text().splitlines() != COMPAT_REQUIREMENTS:
         run([python, "-m", "pip", "install", "--quiet", *COMPAT_REQUIREMENTS])
         stamp.write_text("\n".join(COMPAT_REQUIREMENTS))
-    tests = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", ROOT / "compat"]
-    run([*tests, "--rootdir", ROOT / "compat"], env={"PYTHONPATH": str(ROOT / "python")})
+    env = {"PYTHONPATH": str(ROOT / "python")}
+    if minor is not None:
+        version_venv(minor)
+        wheels = ROOT / ".venv-versions" / f"wheels-{minor}"
+        pip = [python, "-m", "pip", "install", "--quiet", "--force-reinstall", "--no-deps"]
+        run([*pip, *wheels.glob("*.whl")])
+        env = {}
+    # pytest-asyncio is for test_wiring.py's own pytest runs; the suite itself does not use it.
+    tests = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:asyncio"]
+    run([*tests, ROOT / "compat", "--rootdir", ROOT / "compat"], env=env)
 
 
 def test() -> None:
