@@ -152,9 +152,11 @@ def test_call_graph_of_a_task_group(loop):
 
 def test_call_graph_of_gather(loop):
     graphs = []
+    texts = []
 
     async def capturing_leaf():
         graphs.append(asyncio.capture_call_graph())
+        texts.append(asyncio.format_call_graph())
         await asyncio.sleep(0)
         return asyncio.current_task().get_name()
 
@@ -173,6 +175,16 @@ def test_call_graph_of_gather(loop):
         # gather's children are awaited by the task that called gather.
         assert [parent.future for parent in graph.awaited_by] == [main_task]
         assert frame_names(graph.awaited_by[0]) == ["main"]
+    for name, text in zip(names, texts):  # noqa: B905 (3.10 has no strict=)
+        assert in_order(
+            text,
+            f"* Task(name={name!r}",
+            "async test_call_graph_of_gather.<locals>.capturing_leaf()",
+            "async test_call_graph_of_gather.<locals>.capturing_branch()",
+            "+ Awaited by:",
+            "    * Task(name='gather-main'",
+            "async test_call_graph_of_gather.<locals>.main()",
+        )
 
 
 def test_call_graph_of_an_eager_task(loop):
