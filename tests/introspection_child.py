@@ -1,6 +1,8 @@
 """A program with named tasks for `python -m asyncio ps|pstree PID` (tests/test_introspection.py).
 
-Usage: python introspection_child.py {asyncio,ferroloop}
+Usage: python introspection_child.py {asyncio,ferroloop} {main,thread}
+
+The loop runs in the main thread or in a thread of its own.
 
 On the chosen loop, the main task "ps-main" starts, inside a TaskGroup:
   ps-group-1, ps-group-2   outer_step -> middle_step -> inner_step
@@ -10,14 +12,17 @@ On the chosen loop, the main task "ps-main" starts, inside a TaskGroup:
                            middle_step -> inner_step
 Every inner_step waits on one gate. Once all five have arrived there, the program checks
 `asyncio.all_tasks(loop)` and `asyncio.current_task()` itself, prints "ready <loop
-class>" and waits in the TaskGroup's exit. The gate opens by itself after 60 seconds, so
-the program never outlives its test by long; the test kills it earlier.
+class> <native id of the loop's thread>" and waits in the TaskGroup's exit. The gate
+opens by itself after 60 seconds, so the program never outlives its test by long; the
+test kills it earlier.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import threading
 
 READY_TIMEOUT = 30
 LIFETIME = 60
@@ -58,6 +63,12 @@ async def gather_two(gate):
     )
 
 
+def fail(message):
+    """Ends the whole program at once with `message` on stderr (from any thread)."""
+    print(message, file=sys.stderr, flush=True)
+    os._exit(1)
+
+
 async def all_arrived(count):
     while len(ARRIVED) < count:
         await asyncio.sleep(0.01)
@@ -77,14 +88,15 @@ async def main():
         loop.set_task_factory(None)
         # An eager task runs up to its first suspension inside create_task.
         if ARRIVED != ["ps-eager"]:
-            sys.exit(f"the eager task did not start eagerly: {ARRIVED}")
+            fail(f"the eager task did not start eagerly: {ARRIVED}")
         await asyncio.wait_for(all_arrived(5), READY_TIMEOUT)
         names = {task.get_name() for task in asyncio.all_tasks(loop)}
         if names != EXPECTED:
-            sys.exit(f"asyncio.all_tasks(loop) names {sorted(names)}")
+            fail(f"asyncio.all_tasks(loop) names {sorted(names)}")
         if asyncio.current_task().get_name() != "ps-main" or eager.done():
-            sys.exit("current_task() is not ps-main, or ps-eager ended")
-        print(f"ready {type(loop).__module__}.{type(loop).__qualname__}", flush=True)
+            fail("current_task() is not ps-main, or ps-eager ended")
+        loop_class = f"{type(loop).__module__}.{type(loop).__qualname__}"
+        print(f"ready {loop_class} {threading.get_native_id()}", flush=True)
 
 
 def new_loop(kind):
@@ -95,6 +107,15 @@ def new_loop(kind):
     return asyncio.new_event_loop()
 
 
-if __name__ == "__main__":
-    with asyncio.Runner(loop_factory=lambda: new_loop(sys.argv[1])) as runner:
+def run(kind):
+    with asyncio.Runner(loop_factory=lambda: new_loop(kind)) as runner:
         runner.run(main())
+
+
+if __name__ == "__main__":
+    if sys.argv[2] == "thread":
+        worker = threading.Thread(target=run, args=(sys.argv[1],), name="loop-thread")
+        worker.start()
+        worker.join()
+    else:
+        run(sys.argv[1])

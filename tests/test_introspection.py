@@ -152,9 +152,11 @@ def test_call_graph_of_a_task_group(loop):
 
 def test_call_graph_of_gather(loop):
     graphs = []
+    texts = []
 
     async def capturing_leaf():
         graphs.append(asyncio.capture_call_graph())
+        texts.append(asyncio.format_call_graph())
         await asyncio.sleep(0)
         return asyncio.current_task().get_name()
 
@@ -173,6 +175,16 @@ def test_call_graph_of_gather(loop):
         # gather's children are awaited by the task that called gather.
         assert [parent.future for parent in graph.awaited_by] == [main_task]
         assert frame_names(graph.awaited_by[0]) == ["main"]
+    for name, text in zip(names, texts):  # noqa: B905 (3.10 has no strict=)
+        assert in_order(
+            text,
+            f"* Task(name={name!r}",
+            "async test_call_graph_of_gather.<locals>.capturing_leaf()",
+            "async test_call_graph_of_gather.<locals>.capturing_branch()",
+            "+ Awaited by:",
+            "    * Task(name='gather-main'",
+            "async test_call_graph_of_gather.<locals>.main()",
+        )
 
 
 def test_call_graph_of_an_eager_task(loop):
@@ -213,11 +225,12 @@ def test_call_graph_of_an_eager_task(loop):
 
 
 @contextmanager
-def child_process(loop_kind):
-    """Starts tests/introspection_child.py on `loop_kind`; yields its pid once it is ready
-    (every task suspended); kills it afterwards."""
+def child_process(loop_kind, where):
+    """Starts tests/introspection_child.py on `loop_kind`, in the main thread or a thread
+    of its own (`where`); yields (its pid, the native id of the loop's thread) once it is
+    ready (every task suspended); kills it afterwards."""
     proc = subprocess.Popen(
-        [sys.executable, CHILD, loop_kind],
+        [sys.executable, CHILD, loop_kind, where],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -230,10 +243,11 @@ def child_process(loop_kind):
             proc.kill()
             _, errors = proc.communicate(timeout=TIMEOUT)
             pytest.fail(f"the child did not get ready: {line!r} {errors}")
-        loop_class = line.split()[1]
+        _, loop_class, thread_id = line.split()
         expected = "ferroloop." if loop_kind == "ferroloop" else "asyncio."
         assert loop_class.startswith(expected), loop_class
-        yield proc.pid
+        assert (int(thread_id) == proc.pid) == (where == "main"), (thread_id, proc.pid)
+        yield proc.pid, int(thread_id)
     finally:
         proc.kill()
         proc.communicate(timeout=TIMEOUT)
@@ -251,15 +265,35 @@ def asyncio_tool(command, pid):
     return result.stdout
 
 
-def test_asyncio_ps_lists_the_tasks_of_a_live_process(loop_kind):
-    with child_process(loop_kind) as pid:
+# A loop in a thread other than the main one: 3.14's `python -m asyncio ps` lists no task
+# of such a thread, on asyncio's own loop either (it does from 3.15).
+WHERE = pytest.mark.parametrize(
+    "where",
+    [
+        "main",
+        pytest.param(
+            "thread",
+            marks=pytest.mark.skipif(
+                sys.version_info < (3, 15),
+                reason="3.14: python -m asyncio ps finds no task of a loop in another thread",
+            ),
+        ),
+    ],
+)
+
+
+@WHERE
+def test_asyncio_ps_lists_the_tasks_of_a_live_process(loop_kind, where):
+    with child_process(loop_kind, where) as (pid, thread_id):
         output = asyncio_tool("ps", pid)
     lines = output.splitlines()
     assert lines[0].split()[:3] == ["tid", "task", "id"]
     rows = {}
     for line in lines[2:]:
-        name = line.split()[2]
+        tid, _, name = line.split()[:3]
         assert name not in rows, f"task {name} listed twice:\n{output}"
+        # Every task is listed under the thread that runs its loop.
+        assert int(tid) == thread_id, line
         rows[name] = line
     assert set(rows) == {
         "ps-main",
@@ -307,8 +341,9 @@ def parse_tree(output):
     return nodes
 
 
-def test_asyncio_pstree_draws_the_tasks_of_a_live_process(loop_kind):
-    with child_process(loop_kind) as pid:
+@WHERE
+def test_asyncio_pstree_draws_the_tasks_of_a_live_process(loop_kind, where):
+    with child_process(loop_kind, where) as (pid, _):
         output = asyncio_tool("pstree", pid)
     nodes = parse_tree(output)
     words = [label.split()[0] if not label.startswith("(T)") else label for label, _ in nodes]
