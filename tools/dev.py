@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pythons
+import wheels
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
@@ -213,6 +214,13 @@ def versions() -> None:
         test_version(minor)
 
 
+def build_wheels() -> None:
+    """Portable manylinux wheels for every supported Python (or the versions named after
+    the command) into dist/, each installed into a fresh venv and smoke-tested
+    (tools/wheels.py)."""
+    wheels.main(sys.argv[2:], SUPPORTED, find_python)
+
+
 COMMANDS = {
     "build": build,
     "demo": demo,
@@ -223,6 +231,7 @@ COMMANDS = {
     "bench": bench,
     "versions": versions,
     "pythons": install_pythons,
+    "wheels": build_wheels,
 }
 
 
