@@ -140,9 +140,11 @@ def check_extension(so: Path, wheel_name: str) -> str:
     ).stdout
     needed: dict[tuple[int, ...], list[str]] = {}
     for line in symbols.splitlines():
-        found = re.search(r"\(GLIBC_([0-9.]+)\)\s+(\S+)$", line)
+        # `(GLIBC_2.17) clock_gettime`; other libraries' versions (GCC_3.0) pass.
+        found = re.search(r"\(([A-Z]+)_([0-9.]+)\)\s+(\S+)$", line)
         if found:
-            needed.setdefault(glibc_version(found.group(1)), []).append(found.group(2))
+            if found.group(1) == "GLIBC":
+                needed.setdefault(glibc_version(found.group(2)), []).append(found.group(3))
             continue
         # An undefined symbol without a version that is not weak and not Python's C API
         # would bind to whatever the running libc has: it must not exist.
