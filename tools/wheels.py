@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -197,6 +198,8 @@ def main(versions: list[str], supported: Iterable[str], find_python: Callable[[s
     for minor in versions:
         if minor not in supported:
             fail(f"Python {minor} is not supported ({', '.join(supported)})")
+    if shutil.which("objdump") is None:
+        fail("objdump is needed to check the wheels' symbols (apt-get install binutils)")
     interpreters = {minor: find_python(minor) for minor in versions}
     DIST.mkdir(exist_ok=True)
     build_python = build_venv()
