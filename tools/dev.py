@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build, demo, test and benchmark ferroloop from a fresh clone.
 
-Usage: python3 tools/dev.py {build,demo,test,lint,conformance,compat,bench,versions,pythons}
+Usage: python3 tools/dev.py {build,demo,test,lint,conformance,compat,bench,versions,pythons,wheels}
 
 Everything is installed into ./.venv (created on first use) with the interpreter that
 runs this script, or with the one named by $FERROLOOP_PYTHON. Needs only Python 3.11+
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pythons
+import wheels
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
@@ -231,6 +232,13 @@ def versions() -> None:
         test_version(minor)
 
 
+def build_wheels() -> None:
+    """Portable manylinux wheels for every supported Python (or the versions named after
+    the command) into dist/, each installed into a fresh venv and smoke-tested
+    (tools/wheels.py)."""
+    wheels.main(sys.argv[2:], SUPPORTED, find_python)
+
+
 COMMANDS = {
     "build": build,
     "demo": demo,
@@ -241,6 +249,7 @@ COMMANDS = {
     "bench": bench,
     "versions": versions,
     "pythons": install_pythons,
+    "wheels": build_wheels,
 }
 
 
