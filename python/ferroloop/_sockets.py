@@ -227,7 +227,8 @@ class SocketsMixin:
         return await result
 
     async def _sock_sendfile_copying(self, sock, file, offset, count):
-        if offset:
+        # From `offset` even when it is 0 (see SendfileMixin._sendfile_fallback).
+        if hasattr(file, "seek"):
             file.seek(offset)
         chunk = min(count, _SENDFILE_CHUNK) if count else _SENDFILE_CHUNK
         buffer = bytearray(chunk)
