@@ -166,7 +166,11 @@ class SocketsMixin:
         result = self._sock_connect(sock, address)
         if result is None:
             return None
-        return await result
+        try:
+            return await result
+        finally:
+            # On failure the future holds the exception, whose traceback holds this frame.
+            result = None
 
     async def sock_accept(self, sock):
         """Accept a connection on the listening `sock`; returns (conn, address) with
