@@ -530,7 +530,6 @@ class Harness:
         test_utils.TestCase.close_loop = staticmethod(close_loop)
 
     def hook_namespace(self, hook: str) -> dict:
-
         from test.test_asyncio import utils as test_utils
 
         harness = self
