@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import os
 import socket
 import sys
@@ -505,3 +506,27 @@ def test_connect_accepted_socket_bad_arguments(loop, loop_kind):
     finally:
         dgram.close()
         stream.close()
+
+
+@pytest.mark.asyncio_since((3, 14))  # before, asyncio's happy eyeballs kept it in cycles
+def test_happy_eyeballs_error_is_referenced_only_by_its_catcher(loop):
+    """What create_connection raises after racing the addresses is held by nothing but the
+    coroutine that caught it: no cycle through the frames it passed, no queued callback."""
+    port = free_port_refused()
+    referrers = []
+
+    async def main():
+        error = None
+        try:
+            await loop.create_connection(
+                asyncio.Protocol, "127.0.0.1", port, happy_eyeballs_delay=0.25
+            )
+        except OSError as exc:
+            error = exc
+        assert isinstance(error, ConnectionRefusedError)
+        # The running coroutine itself is listed on some Python versions.
+        referrers.extend(type(r).__name__ for r in gc.get_referrers(error))
+
+    gc.collect()
+    loop.run_until_complete(main())
+    assert [r for r in referrers if r != "coroutine"] == []

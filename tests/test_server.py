@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import os
 import socket
@@ -560,3 +561,85 @@ def test_create_unix_server_bad_arguments(loop, kwargs, exc_type, message):
     finally:
         for sock in sockets:
             sock.close()
+
+
+@pytest.mark.asyncio_since((3, 14))  # before, asyncio waits for the connection to end
+def test_cancelling_serve_forever_closes_its_connections(loop):
+    async def main():
+        connected = loop.create_future()
+
+        class Silent(asyncio.Protocol):
+            def connection_made(self, transport):
+                connected.set_result(None)
+
+        server = await loop.create_server(Silent, "127.0.0.1", 0)
+        serving = loop.create_task(server.serve_forever())
+        address = server.sockets[0].getsockname()[:2]
+        reader, writer = await asyncio.open_connection(*address)
+        await asyncio.wait_for(connected, PATIENCE)
+        serving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(serving, PATIENCE)
+        assert not server.is_serving()
+        # The server closed the connection the client kept open.
+        assert await asyncio.wait_for(reader.read(), PATIENCE) == b""
+        await asyncio.wait_for(server.wait_closed(), PATIENCE)
+        writer.close()
+        await writer.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+# Python 3.15: a server connection's callbacks all run in one context, a copy of the
+# server's; before, each ran in a copy of the context current when it was scheduled, so
+# a task that called resume_reading() leaked its context into them (gh-140947).
+TRANSPORT_HAS_ONE_CONTEXT = sys.version_info >= (3, 15)
+
+
+def test_resume_reading_from_a_task_and_the_context_of_later_callbacks(loop):
+    var = contextvars.ContextVar("var", default="unset")
+    seen = {}
+
+    class Pausing(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            self.chunks = 0
+
+        def data_received(self, data):
+            self.chunks += 1
+            seen[f"data {self.chunks}"] = var.get()
+            if self.chunks == 1:
+                self.transport.pause_reading()
+                loop.create_task(self.resume())
+
+        async def resume(self):
+            var.set("set before resume_reading")
+            self.transport.resume_reading()
+            var.set("set after resume_reading")
+            seen["task"] = var.get()
+
+        def connection_lost(self, exc):
+            seen["connection_lost"] = var.get()
+
+    async def main():
+        server = await loop.create_server(Pausing, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        writer.write(b"first")
+        while "task" not in seen:
+            await asyncio.sleep(0.001)
+        writer.write(b"second")
+        while "data 2" not in seen:
+            await asyncio.sleep(0.001)
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), PATIENCE)
+
+    loop.run_until_complete(asyncio.wait_for(main(), PATIENCE * 2))
+    leaked = "unset" if TRANSPORT_HAS_ONE_CONTEXT else "set before resume_reading"
+    assert seen == {
+        "data 1": "unset",
+        "task": "set after resume_reading",
+        "data 2": leaked,
+        "connection_lost": leaked,
+    }

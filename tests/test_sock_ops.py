@@ -774,3 +774,82 @@ def test_sock_sendto_ipv6_tuple_lengths(loop):
             return [(await loop.sock_recvfrom(b, 10))[0] for _ in range(3)]
 
         assert run(loop, main()) == [b"2", b"3", b"4"]
+
+
+# asyncio before 3.14 copied from the file's current position when offset was 0, and its
+# zero-copy path left the position alone when nothing was sent (offset at the end).
+_NEEDS_314 = pytest.mark.asyncio_since((3, 14))
+
+
+_FILE_KIND_AND_OFFSET = pytest.mark.parametrize(
+    ("in_memory", "offset"),
+    [
+        pytest.param(False, 0, id="zero-copy-0"),
+        pytest.param(False, 1000, id="zero-copy-1000"),
+        pytest.param(False, -1, id="zero-copy-end", marks=_NEEDS_314),
+        pytest.param(True, 0, id="copying-0", marks=_NEEDS_314),
+        pytest.param(True, 1000, id="copying-1000"),
+        pytest.param(True, -1, id="copying-end"),
+    ],
+)
+
+
+@_FILE_KIND_AND_OFFSET
+def test_sock_sendfile_starts_at_offset_whatever_the_file_position(
+    loop, data_file, in_memory, offset
+):
+    file, payload = data_file
+    if in_memory:
+        file = io.BytesIO(payload)  # no fileno(): the copying path
+    if offset < 0:
+        offset = len(payload)
+    file.seek(123)
+    with tcp_pair(loop) as (client, server):
+
+        async def main():
+            reader = asyncio.ensure_future(_receive_exactly(loop, server, len(payload) - offset))
+            sent = await loop.sock_sendfile(client, file, offset)
+            return sent, await reader
+
+        sent, received = run(loop, main())
+    assert sent == len(payload) - offset
+    assert received == payload[offset:]
+    assert file.tell() == len(payload)
+
+
+@_FILE_KIND_AND_OFFSET
+def test_loop_sendfile_starts_at_offset_whatever_the_file_position(
+    loop, data_file, in_memory, offset
+):
+    file, payload = data_file
+    if in_memory:
+        file = io.BytesIO(payload)  # no fileno(): the fallback (read + write) path
+    if offset < 0:
+        offset = len(payload)
+    file.seek(123)
+
+    async def main():
+        received = bytearray()
+        lost = loop.create_future()
+
+        class Sink(asyncio.Protocol):
+            def data_received(self, data):
+                received.extend(data)
+
+            def connection_lost(self, exc):
+                lost.set_result(exc)
+
+        server = await loop.create_server(Sink, "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()[:2]
+        transport, _ = await loop.create_connection(asyncio.Protocol, *address)
+        sent = await loop.sendfile(transport, file, offset)
+        transport.close()
+        assert await lost is None
+        server.close()
+        await server.wait_closed()
+        return sent, bytes(received)
+
+    sent, received = run(loop, main())
+    assert sent == len(payload) - offset
+    assert received == payload[offset:]
+    assert file.tell() == len(payload)

@@ -568,3 +568,27 @@ def test_cancel_during_a_slow_spawn_leaves_no_child(loop):
     while set(_children_of_this_process()) - before and time.monotonic() < deadline:
         loop.run_until_complete(asyncio.sleep(0.01))
     assert not set(_children_of_this_process()) - before
+
+
+@pytest.mark.asyncio_since((3, 14))  # before, asyncio's wait() also waited for the pipes
+def test_wait_returns_at_exit_though_a_grandchild_keeps_the_pipes_open(loop):
+    # The child starts a grandchild that inherits its stdin and stdout, says "ready" and
+    # lives until its stdin reaches EOF.
+    grandchild = "import sys; sys.stdout.write('ready'); sys.stdout.flush(); sys.stdin.read()"
+    child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}])"
+
+    async def main():
+        proc = await asyncio.create_subprocess_exec(PY, "-c", child, stdin=PIPE, stdout=PIPE)
+        try:
+            assert await proc.stdout.readexactly(5) == b"ready"
+            waiting = asyncio.ensure_future(proc.wait())
+            await asyncio.sleep(0)
+            proc.kill()
+            assert await asyncio.wait_for(waiting, 10) == -signal.SIGKILL
+            assert proc.returncode == -signal.SIGKILL
+        finally:
+            proc.stdin.close()  # the grandchild exits
+            await proc.stdout.read()
+        return await proc.wait()
+
+    assert run(loop, main()) == -signal.SIGKILL

@@ -7,11 +7,16 @@ import concurrent.futures
 import contextvars
 import sys
 import threading
+import time
 
 import pytest
-from support import handle_classes, run_once, run_until, run_with_guard
+from support import PATIENCE, handle_classes, run_once, run_until, run_with_guard
 
 var = contextvars.ContextVar("var", default="unset")
+
+# asyncio 3.14: call_soon_threadsafe returns an events._ThreadSafeHandle, whose lock makes
+# cancel()/cancelled() from another thread wait while the callback runs.
+THREAD_SAFE_HANDLE = getattr(asyncio.events, "_ThreadSafeHandle", None)
 
 
 def test_call_soon_threadsafe_from_many_threads_all_arrive(loop):
@@ -90,9 +95,60 @@ def test_call_soon_threadsafe_returns_cancellable_handle_and_honours_context(loo
 def test_call_soon_threadsafe_returns_a_handle(loop):
     handle = loop.call_soon_threadsafe(lambda: None)
     handle_class, timer_handle_class = handle_classes(loop)
+    if THREAD_SAFE_HANDLE is not None:
+        # Python 3.14+: asyncio's own class, on both loops.
+        handle_class, timer_handle_class = THREAD_SAFE_HANDLE, asyncio.TimerHandle
     assert isinstance(handle, handle_class)
     assert not isinstance(handle, timer_handle_class)
     run_once(loop)
+
+
+@pytest.mark.parametrize("method", ["cancel", "cancelled"])
+def test_call_soon_threadsafe_handle_waits_for_a_running_callback(loop, method):
+    """From another thread, cancel()/cancelled() of a running callback's handle return
+    only once it finished on 3.14+ (asyncio's _ThreadSafeHandle), at once before."""
+    started = threading.Event()
+    finished = threading.Event()
+    seen = []
+
+    def callback():
+        started.set()
+        time.sleep(0.2)
+        finished.set()
+
+    def other_thread():
+        handle = loop.call_soon_threadsafe(callback)
+        started.wait(PATIENCE)
+        result = getattr(handle, method)()
+        seen.append((result, finished.is_set()))
+        loop.call_soon_threadsafe(loop.stop)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    timed_out = run_with_guard(loop, PATIENCE * 2)
+    thread.join()
+    assert not timed_out
+    assert finished.is_set()
+    result, waited = seen[0]
+    assert waited is (THREAD_SAFE_HANDLE is not None)
+    if method == "cancelled":
+        assert result is False
+
+
+def test_call_soon_threadsafe_handle_cancelled_from_another_thread_does_not_run(loop):
+    calls = []
+    handles = []
+    thread = threading.Thread(
+        target=lambda: handles.append(loop.call_soon_threadsafe(calls.append, "ran"))
+    )
+    thread.start()
+    thread.join()
+    canceller = threading.Thread(target=handles[0].cancel)
+    canceller.start()
+    canceller.join()
+    run_once(loop)
+    assert calls == []
+    assert handles[0].cancelled()
 
 
 def test_call_soon_threadsafe_on_closed_loop_raises(loop):

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import socket
 import ssl
 import sys
+import weakref
 
 import pytest
 from test_tls import connected_pair, handshake
@@ -141,3 +143,78 @@ def test_streams_starttls_on_both_sides(loop, server_context, client_context):
         await server.wait_closed()
 
     loop.run_until_complete(main())
+
+
+@pytest.mark.asyncio_since((3, 14))  # before, a reference cycle kept the transport alive
+def test_failed_start_tls_leaves_no_reference_cycle(loop, client_context):
+    """The exception of a failed start_tls() holds the frames it passed; none of them may
+    hold it back in a cycle, or the transport lives until the garbage collector runs."""
+
+    class HangUpOnHello(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):  # the ClientHello
+            self.transport.close()
+
+    async def client(address, transports):
+        transport, protocol = await loop.create_connection(asyncio.Protocol, *address)
+        transports.append(weakref.ref(transport))
+        try:
+            await loop.start_tls(
+                transport, protocol, client_context, server_hostname="ferroloop.test"
+            )
+        except ConnectionError:
+            pass
+        else:
+            raise AssertionError("the handshake succeeded")
+
+    async def main():
+        server = await loop.create_server(HangUpOnHello, "127.0.0.1", 0)
+        transports = []
+        gc.collect()
+        gc.disable()
+        try:
+            await client(server.sockets[0].getsockname()[:2], transports)
+            for _ in range(3):  # the transport's connection_lost runs
+                await asyncio.sleep(0)
+            alive = transports[0]()
+        finally:
+            gc.enable()
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), 5)
+        assert alive is None
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.asyncio_since((3, 14))  # before, asyncio left them in the reader: a hang
+def test_streams_server_start_tls_uses_the_bytes_already_read(loop, server_context, client_context):
+    """The client starts its handshake right after STARTTLS, without waiting for an
+    answer, so its ClientHello sits in the server's StreamReader buffer when the server
+    upgrades: start_tls() must hand those bytes to TLS."""
+
+    async def serve(reader, writer):
+        assert await reader.readline() == b"STARTTLS\r\n"
+        while not reader._buffer:  # until the ClientHello was read too
+            await asyncio.sleep(0.001)
+        await writer.start_tls(server_context)
+        line = await reader.readline()
+        writer.write(b"echo: " + line)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def main():
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        writer.write(b"STARTTLS\r\n")
+        await writer.start_tls(client_context, server_hostname="ferroloop.test")
+        writer.write(b"hello\r\n")
+        assert await reader.readline() == b"echo: hello\r\n"
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(asyncio.wait_for(main(), 5))

@@ -169,6 +169,10 @@ class ConnectionsMixin:
             if sock is not None:
                 sock.close()
             raise
+        finally:
+            # The exception's traceback holds this frame, and `errors` holds the exception:
+            # a cycle that would keep it (and all it references) alive until a GC pass.
+            errors = None
 
     async def _race(self, infos, local_infos, delay, errors_by_attempt):
         """Happy eyeballs: start the next attempt when one fails or `delay` seconds pass;
@@ -211,8 +215,13 @@ class ConnectionsMixin:
         finally:
             losers = [task for task in attempts if task is not winner]
             for task in losers:
-                task.cancel()
-                task.add_done_callback(_close_if_connected)
+                if task.done():
+                    # Now, not through a done callback: a queued callback would keep the
+                    # task, and with it its exception, alive after create_connection raised.
+                    _close_if_connected(task)
+                else:
+                    task.cancel()
+                    task.add_done_callback(_close_if_connected)
             unfinished = [task for task in losers if not task.done()]
             if unfinished:
                 try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import reprlib
+from asyncio import events
 
 
 def describe_callback(callback, args) -> str:
@@ -28,6 +29,10 @@ def describe_handle(handle) -> str:
     owner = getattr(callback, "__self__", None)
     if owner is not None and type(owner).__name__ == "Task":
         return repr(owner)
+    if isinstance(owner, events.Handle):
+        # The loop's wrapper of an asyncio handle (call_soon_threadsafe on 3.14+): its
+        # callback is that handle's _run.
+        return describe_handle(owner)
     if callback is None:
         return repr(handle)
     return describe_callback(callback, handle._args)

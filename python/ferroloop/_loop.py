@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 import weakref
-from asyncio import coroutines
+from asyncio import coroutines, events
 
 from . import _core
 from ._connections import ConnectionsMixin
@@ -26,6 +26,11 @@ from ._tasks import TasksMixin
 from ._tls import TlsMixin
 
 logger = logging.getLogger("asyncio")
+
+# Python 3.14+: asyncio's handle for call_soon_threadsafe, whose lock makes cancel() and
+# cancelled() from another thread wait while the callback runs (CPython's tests check the
+# class). None before.
+_ThreadSafeHandle = getattr(events, "_ThreadSafeHandle", None)
 
 
 def _debug_from_environment() -> bool:
@@ -94,6 +99,22 @@ class Loop(
         """Stops watching `fd` for writing; True if a writer was registered."""
         self._ensure_fd_no_transport(fd)
         return self._remove_writer(fd)
+
+    if _ThreadSafeHandle is not None:
+
+        def call_soon_threadsafe(self, callback, *args, context=None):
+            """`call_soon` that may be called from any thread; wakes the loop if it sleeps.
+            Returns asyncio's `events._ThreadSafeHandle`, as asyncio 3.14 does: cancelling
+            it from another thread while the callback runs waits for the callback to end."""
+            self._check_closed()
+            if self.get_debug():
+                self._check_callback(callback, "call_soon_threadsafe")
+            handle = _ThreadSafeHandle(callback, args, self, context)
+            if handle._source_traceback:
+                # Drop _ThreadSafeHandle.__init__ and this method: it ends at the caller.
+                del handle._source_traceback[-2:]
+            self._call_soon_threadsafe_handle(handle)
+            return handle
 
     def _ensure_fd_no_transport(self, fd):
         fileno = fd

@@ -101,7 +101,9 @@ class SendfileMixin:
             self._transports[fd] = transport
 
     async def _sendfile_fallback(self, transport, file, offset, count):
-        if offset:
+        # Reading starts at `offset` even when it is 0 and the file is elsewhere (asyncio
+        # before 3.14 skipped the seek for 0 and sent from the file's current position).
+        if hasattr(file, "seek"):
             file.seek(offset)
         blocksize = min(count, _FALLBACK_CHUNK) if count else _FALLBACK_CHUNK
         buffer = bytearray(blocksize)

@@ -3,18 +3,20 @@
 Semantics are asyncio 3.13's on every Python version: `close()` stops accepting and closes
 the listening sockets; `wait_closed()` returns once the server is closed and every
 connection it accepted is gone; `close_clients()`/`abort_clients()` end those connections.
+Cancelling `serve_forever()` also closes the connections, as asyncio 3.14 does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import logging
 import os
 import weakref
 from asyncio import trsock
 
-from ._stream import make_socket_transport
+from ._stream import _ONE_CONTEXT, make_socket_transport
 from ._tls import make_ssl_transport
 
 logger = logging.getLogger("asyncio")
@@ -57,6 +59,9 @@ class Server(asyncio.AbstractServer):
         self._accept_retries = {}  # listening socket -> TimerHandle of the paused accept
         # listening socket -> (path, inode) of the Unix socket file to remove on close
         self._unix_paths = dict(unix_paths or {})
+        # Python 3.15+: each connection runs in its own copy of this context, the one
+        # current when the server was created (as asyncio's); before, None.
+        self._context = contextvars.copy_context() if _ONE_CONTEXT else None
 
     def __repr__(self):
         return f"<{type(self).__name__} sockets={self.sockets!r}>"
@@ -124,21 +129,30 @@ class Server(asyncio.AbstractServer):
                 return
             if loop.get_debug():
                 logger.debug("%r got a new connection from %r: %r", self, address, conn)
-            self._serve_connection(conn, address)
+            if self._context is None:
+                self._serve_connection(conn, address)
+            else:
+                context = self._context.copy()
+                context.run(self._serve_connection, conn, address, context)
 
     def _resume_accepting(self, sock):
         self._accept_retries.pop(sock, None)
         if self._serving and self._sockets is not None:
             self._loop._add_reader(sock.fileno(), self._accept, sock)
 
-    def _serve_connection(self, conn, address):
+    def _serve_connection(self, conn, address, context=None):
         protocol = None
         try:
             conn.setblocking(False)
             protocol = self._protocol_factory()
             if self._ssl_context is None:
                 make_socket_transport(
-                    self._loop, conn, protocol, extra={"peername": address}, server=self
+                    self._loop,
+                    conn,
+                    protocol,
+                    extra={"peername": address},
+                    server=self,
+                    context=context,
                 )
             else:
                 handshake = self._loop.create_future()
@@ -154,6 +168,7 @@ class Server(asyncio.AbstractServer):
                     server=self,
                     ssl_handshake_timeout=self._ssl_handshake_timeout,
                     ssl_shutdown_timeout=self._ssl_shutdown_timeout,
+                    context=context,
                 )
         except (SystemExit, KeyboardInterrupt):
             conn.close()
@@ -228,7 +243,9 @@ class Server(asyncio.AbstractServer):
         await asyncio.sleep(0)
 
     async def serve_forever(self):
-        """Accepts connections until cancelled; cancelling closes the server."""
+        """Accepts connections until cancelled; cancelling closes the server and its
+        connections (as asyncio 3.14 does: before, a connection that never ended kept the
+        cancellation waiting in wait_closed() forever)."""
         if self._serving_forever_fut is not None:
             raise RuntimeError(f"server {self!r} is already being awaited on serve_forever()")
         if self._sockets is None:
@@ -240,6 +257,7 @@ class Server(asyncio.AbstractServer):
         except asyncio.CancelledError:
             try:
                 self.close()
+                self.close_clients()
                 await self.wait_closed()
             finally:
                 raise

@@ -166,7 +166,11 @@ class SocketsMixin:
         result = self._sock_connect(sock, address)
         if result is None:
             return None
-        return await result
+        try:
+            return await result
+        finally:
+            # On failure the future holds the exception, whose traceback holds this frame.
+            result = None
 
     async def sock_accept(self, sock):
         """Accept a connection on the listening `sock`; returns (conn, address) with
@@ -227,7 +231,8 @@ class SocketsMixin:
         return await result
 
     async def _sock_sendfile_copying(self, sock, file, offset, count):
-        if offset:
+        # From `offset` even when it is 0 (see SendfileMixin._sendfile_fallback).
+        if hasattr(file, "seek"):
             file.seek(offset)
         chunk = min(count, _SENDFILE_CHUNK) if count else _SENDFILE_CHUNK
         buffer = bytearray(chunk)

@@ -9,11 +9,20 @@ native class cannot derive from asyncio's `__slots__` classes, and libraries che
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import socket
+import sys
 from asyncio import constants, trsock
 
 from ._core import StreamCore
 from ._transport_base import SocketTransportBase, finish_waiter
+
+# Python 3.15: a socket transport runs all its callbacks (connection_made, data_received,
+# connection_lost, ...) in one context: the one current when it was made, or for a
+# server's connection a copy of the server's. So what a task sets before it calls
+# resume_reading() does not leak into them (gh-140947). Before 3.15 each callback runs in
+# a copy of the context current when it was scheduled, as in asyncio.
+_ONE_CONTEXT = sys.version_info >= (3, 15)
 
 
 def _set_nodelay(sock):
@@ -48,10 +57,10 @@ class SocketTransport(SocketTransportBase, asyncio.Transport):
     # loop.start_tls may wrap this transport.
     _start_tls_compatible = True
 
-    def __init__(self, loop, sock, protocol, extra=None, server=None):
+    def __init__(self, loop, sock, protocol, extra=None, server=None, context=None):
         super().__init__(_extra_for(sock, extra))
         self._loop = loop
-        self._core = StreamCore(loop, sock, protocol, self, server)
+        self._core = StreamCore(loop, sock, protocol, self, server, context)
         _set_nodelay(sock)
         if server is not None:
             server._attach(self)
@@ -80,16 +89,19 @@ class SocketTransport(SocketTransportBase, asyncio.Transport):
         return True
 
 
-def make_socket_transport(loop, sock, protocol, waiter=None, extra=None, server=None):
+def make_socket_transport(loop, sock, protocol, waiter=None, extra=None, server=None, context=None):
     """A transport over connected non-blocking `sock` (TCP or Unix stream), owning it.
 
     Schedules protocol.connection_made(transport), starts reading, then sets `waiter`'s
     result (if given). Calls server._attach(transport) now and server._detach(transport)
-    after connection_lost.
+    after connection_lost. On Python 3.15+ its callbacks run in `context`, by default a
+    copy of the current one.
     """
-    transport = SocketTransport(loop, sock, protocol, extra, server)
-    loop.call_soon(protocol.connection_made, transport)
-    loop.call_soon(transport._core._start_reading)
+    if _ONE_CONTEXT and context is None:
+        context = contextvars.copy_context()
+    transport = SocketTransport(loop, sock, protocol, extra, server, context)
+    loop.call_soon(protocol.connection_made, transport, context=context)
+    loop.call_soon(transport._core._start_reading, context=context)
     if waiter is not None:
-        loop.call_soon(finish_waiter, waiter)
+        loop.call_soon(finish_waiter, waiter, context=context)
     return transport

@@ -233,7 +233,8 @@ class SubprocessTransport(asyncio.SubprocessTransport):
         self._proc = proc
         self._pid = None
         self._returncode = None
-        self._exit_waiters = []
+        # Futures of _wait() callers, resolved when the process exits; None after that.
+        self._exit_waiters = set()
         # Protocol calls made before connection_made, replayed after it.
         self._pending_calls = collections.deque()
         # fd -> pipe protocol (None until its transport is connected).
@@ -524,15 +525,27 @@ class SubprocessTransport(asyncio.SubprocessTransport):
             self._proc.returncode = returncode
         self._call(self._protocol.process_exited)
         self._try_finish()
+        self._wake_exit_waiters()
+
+    def _wake_exit_waiters(self):
+        waiters, self._exit_waiters = self._exit_waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(self._returncode)
 
     async def _wait(self):
-        """Waits until the process exited and the transport finished; returns the
-        returncode. (asyncio.subprocess.Process.wait() awaits this.)"""
+        """Waits until the process exited; returns the returncode. (Process.wait() awaits
+        this.) As in asyncio 3.14, the process's exit is enough: before, asyncio also
+        waited for its pipes to close, forever if a grandchild kept them open."""
         if self._returncode is not None:
             return self._returncode
         waiter = self._loop.create_future()
-        self._exit_waiters.append(waiter)
-        return await waiter
+        self._exit_waiters.add(waiter)
+        try:
+            return await waiter
+        finally:
+            if self._exit_waiters is not None:
+                self._exit_waiters.discard(waiter)
 
     def _try_finish(self):
         if self._finished or self._returncode is None:
@@ -545,11 +558,7 @@ class SubprocessTransport(asyncio.SubprocessTransport):
         try:
             self._protocol.connection_lost(exc)
         finally:
-            # Wake up the futures waiting in _wait().
-            for waiter in self._exit_waiters:
-                if not waiter.cancelled():
-                    waiter.set_result(self._returncode)
-            self._exit_waiters = None
+            self._wake_exit_waiters()  # normally done already, when the process exited
             self._loop = None
             self._proc = None
             self._protocol = None

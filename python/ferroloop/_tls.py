@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ssl as ssl_module
 import threading
-from asyncio import sslproto
+from asyncio import sslproto, streams
 
 from ._core import TlsPump
 from ._stream import make_socket_transport
@@ -186,10 +186,12 @@ def make_ssl_transport(
     server=None,
     ssl_handshake_timeout=None,
     ssl_shutdown_timeout=None,
+    context=None,
 ):
     """A TLS transport over connected non-blocking `sock`; returns the application-side
     transport. `sslcontext=None` means a default client or server context (as `ssl=True`).
     `waiter` gets its result once the handshake completed, or the handshake's exception.
+    `context` is the socket transport's (see make_socket_transport).
     """
     tls = _Protocol(
         loop,
@@ -200,8 +202,23 @@ def make_ssl_transport(
         server_hostname,
         **_timeouts(ssl_handshake_timeout, ssl_shutdown_timeout),
     )
-    make_socket_transport(loop, sock, tls, extra=extra, server=server)
+    make_socket_transport(loop, sock, tls, extra=extra, server=server, context=context)
     return tls._app_transport
+
+
+def _move_buffered_stream_data(protocol, tls):
+    """Bytes a server's StreamReader read before start_tls() (the peer's ClientHello may
+    arrive with, or right after, the last plaintext) are the start of the TLS stream: they
+    go into the TLS protocol's incoming BIO instead of staying in the reader, where the
+    handshake would never see them (asyncio 3.14, gh-142352)."""
+    if not isinstance(protocol, streams.StreamReaderProtocol):
+        return
+    incoming = getattr(tls, "_incoming", None)  # Python 3.10's SSLProtocol has none
+    reader = getattr(protocol, "_stream_reader", None)
+    buffer = getattr(reader, "_buffer", None)
+    if incoming is not None and buffer:
+        incoming.write(buffer)
+        buffer.clear()
 
 
 class TlsMixin:
@@ -240,6 +257,8 @@ class TlsMixin:
         )
         # Paused first, so no byte reaches the TLS protocol before connection_made.
         transport.pause_reading()
+        if server_side:
+            _move_buffered_stream_data(protocol, tls)
         transport.set_protocol(tls)
         made = self.call_soon(tls.connection_made, transport)
         resumed = self.call_soon(transport.resume_reading)
@@ -249,5 +268,9 @@ class TlsMixin:
             transport.close()
             made.cancel()
             resumed.cancel()
+            # The exception's traceback holds this frame: without this, waiter -> exception
+            # -> traceback -> frame -> waiter is a cycle that keeps the transport alive
+            # until the garbage collector runs (asyncio 3.14 breaks it the same way).
+            waiter = None
             raise
         return tls._app_transport

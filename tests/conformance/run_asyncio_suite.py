@@ -13,7 +13,9 @@ copied. The loop under test reaches them in one of two ways (see ``MODULES``):
   loop (``create_event_loop``, ``new_loop`` or ``setUp``) calls the factory;
 * policy: the class runs unchanged while an event-loop policy whose
   ``new_event_loop()`` calls the factory is installed (``asyncio.run``,
-  ``asyncio.Runner`` and ``IsolatedAsyncioTestCase`` all end up there).
+  ``asyncio.Runner`` and ``IsolatedAsyncioTestCase`` all end up there), and
+  ``asyncio.EventLoop``, which tests pass as ``loop_factory`` from 3.14 on, makes
+  the factory's loop too.
 
 Everything else is excluded with a reason. A test that never created a loop
 through the factory is reported as ``no-loop`` and left out of the totals.
@@ -56,7 +58,7 @@ DEFAULT_EXPECTED = os.path.join(os.path.dirname(SCRIPT), "expected_failures.txt"
 DETAIL_LIMIT = 4000
 
 # ---------------------------------------------------------------------------
-# What runs. Written against CPython 3.10-3.13. Per module:
+# What runs. Written against CPython 3.10-3.15. Per module:
 #   harness:  {our class name: (hook, base names...)}; a base name is an
 #             attribute of the module or "utils.X" (test.test_asyncio.utils).
 #   policy:   CPython classes run unchanged under the factory's policy
@@ -83,6 +85,9 @@ MODULES: dict[str, dict] = {
                 "SubprocessTestsMixin",
                 "utils.TestCase",
             ),
+            # 3.14+: pipe objects (pipes, FIFOs, sockets, ttys) accepted or rejected by
+            # connect_read_pipe/connect_write_pipe; its setUp makes a SelectorEventLoop.
+            "UnixPipeObjectSupportTests": ("setUp_loop", "UnixPipeObjectSupportTests"),
         },
         "policy": ["TestCGetEventLoop", "TestServer"],
         "classes": {
@@ -166,9 +171,20 @@ MODULES: dict[str, dict] = {
             "SelectorStartTLSTests": TWIN.format("StartTLSTests"),
             "ProactorStartTLSTests": WINDOWS,
         },
-        "tests": {"test_buf_feed_data": "private asyncio.protocols helper, no loop"},
+        "tests": {
+            "test_buf_feed_data": "private asyncio.protocols helper, no loop",
+            "test_connection_lost_when_busy": "mocks the socket and SSLProtocol's private "
+            "_sslobj/_outgoing, then calls the selector loop's private _make_socket_transport",
+        },
     },
-    "test_ssl": {"policy": ["TestSSL"]},
+    "test_ssl": {
+        "policy": ["TestSSL"],
+        "tests": {
+            "test_remote_shutdown_receives_trailing_data_on_slow_socket": "patches the "
+            "socket transport's write() and swaps its private _sock, reading _read_ready_cb "
+            "(asyncio's _SelectorSocketTransport delayed-write path, gh-115514)",
+        },
+    },
     "test_streams": {"policy": ["StreamTests"]},
     "test_subprocess": {
         "harness": {"SubprocessTests": ("setUp", "SubprocessMixin", "utils.TestCase")},
@@ -208,6 +224,8 @@ MODULES: dict[str, dict] = {
             "SafeChildWatcherTests": "asyncio's child-watcher classes; " + TESTLOOP,
             "FastChildWatcherTests": "asyncio's child-watcher classes; " + TESTLOOP,
             "PolicyTests": "asyncio's policy classes, no loop",
+            "PidfdChildWatcherTests": "asyncio's pidfd child watcher with os.waitpid mocked; "
+            "calls the transport's private _process_exited",
         },
         "tests": {"test_create_unix_server_bind_error": "patches asyncio.unix_events.socket"},
     },
@@ -223,6 +241,10 @@ MODULES: dict[str, dict] = {
         "harness": {
             "RunTests": ("runner", "RunTests"),
             "RunnerTests": ("runner", "RunnerTests"),
+        },
+        "tests": {
+            "test_loop_factory_default_event_loop": "asserts that asyncio.EventLoop makes an "
+            "asyncio.SelectorEventLoop",
         },
     },
     "test_futures": {
@@ -277,6 +299,7 @@ MODULES: dict[str, dict] = {
             "EagerPyTaskTests",
             "NonEagerCTaskTests",
             "EagerCTaskTests",
+            "DefaultTaskFactoryEagerStart",
         ],
     },
     "test_locks": {
@@ -299,11 +322,28 @@ MODULES: dict[str, dict] = {
         "classes": {"_QueueTestBase": "base class"},
     },
     "test_context": {"policy": ["DecimalContextTest"]},
-    "test_taskgroups": {"policy": ["TestTaskGroup"]},
+    # 3.14+: both classes pass asyncio.EventLoop as their loop_factory (see install()).
+    "test_taskgroups": {"policy": ["TestTaskGroup", "TestEagerTaskTaskGroup"]},
     "test_timeouts": {"policy": ["TimeoutTests"]},
     "test_waitfor": {"policy": ["AsyncioWaitForTest", "WaitForShieldTests"]},
     "test_threads": {"policy": ["ToThreadTests"]},
     "test_staggered": {"policy": ["StaggeredTests"]},
+    # 3.14+: tasks, all_tasks and run_coroutine_threadsafe raced from threads (each
+    # thread runs asyncio.Runner()); run on regular builds too.
+    "test_free_threading": {
+        "policy": [
+            "TestPyFreeThreading",
+            "TestCFreeThreading",
+            "TestEagerPyFreeThreading",
+            "TestEagerCFreeThreading",
+        ]
+    },
+    # 3.14+: asyncio.capture_call_graph()/print_call_graph() of tasks, in
+    # IsolatedAsyncioTestCase.
+    "test_graph": {"policy": ["TestCallStackC", "TestCallStackPy"]},
+    # 3.15+: contextvars seen by start_server's client callbacks, on asyncio.run with
+    # loop_factory=asyncio.new_event_loop (plain and TLS).
+    "test_server_context": {"policy": ["AsyncioEventLoopTests", "AsyncioEventLoopSSLTests"]},
 }
 
 EXCLUDED_MODULES = {
@@ -314,6 +354,8 @@ EXCLUDED_MODULES = {
     "test_transports": "abstract transport classes, no loop",
     "test_windows_events": WINDOWS,
     "test_windows_utils": WINDOWS,
+    "test_tools": "asyncio.tools (the `python -m asyncio ps/pstree` tables and trees) "
+    "built from given data, no loop",
 }
 
 # Slow modules first, so that --jobs workers finish at about the same time.
@@ -353,6 +395,54 @@ def load_factory(spec: str):
     return obj
 
 
+# ---------------------------------------------------------------------------
+# asyncio's event-loop policy, reached without its deprecated public names.
+# Policies are deprecated in 3.14 (removed in 3.16): there get/set_event_loop_policy
+# and asyncio.DefaultEventLoopPolicy warn, and asyncio itself (its own tests too)
+# uses the private events._get/_set_event_loop_policy and creates its default policy
+# from unix_events._DefaultEventLoopPolicy. Before 3.14 only the public names exist,
+# and the default policy is created from asyncio.DefaultEventLoopPolicy.
+# ---------------------------------------------------------------------------
+
+
+def _policy_module():
+    """The module whose attribute asyncio reads when it creates its default policy,
+    and that attribute's name."""
+    import asyncio
+
+    unix_events = getattr(asyncio, "unix_events", None)
+    if unix_events is not None and hasattr(unix_events, "_DefaultEventLoopPolicy"):
+        return unix_events, "_DefaultEventLoopPolicy"  # 3.14+
+    return asyncio, "DefaultEventLoopPolicy"
+
+
+def default_policy_class() -> type:
+    module, name = _policy_module()
+    return getattr(module, name)
+
+
+def set_default_policy_class(cls: type) -> None:
+    module, name = _policy_module()
+    setattr(module, name, cls)
+
+
+def get_policy():
+    import asyncio
+
+    getter = getattr(asyncio.events, "_get_event_loop_policy", None)
+    return getter() if getter else asyncio.get_event_loop_policy()
+
+
+def set_policy(policy) -> None:
+    import asyncio
+
+    setter = getattr(asyncio.events, "_set_event_loop_policy", None)
+    if setter:
+        setter(policy)
+    else:
+        asyncio.set_event_loop_policy(policy)
+
+
 # ===========================================================================
 # Worker: one test module, in its own process, reporting JSON lines on a pipe.
 # ===========================================================================
@@ -365,7 +455,7 @@ class Harness:
         import asyncio
 
         factory = load_factory(spec)
-        self.asyncio_policy = asyncio.DefaultEventLoopPolicy
+        self.asyncio_policy = default_policy_class()
         if factory is asyncio.new_event_loop:
             # asyncio.new_event_loop would ask our own policy: use what
             # asyncio's default policy creates instead.
@@ -402,9 +492,23 @@ class Harness:
                     return super().new_event_loop()
                 return harness.new_loop()
 
-        # set_event_loop_policy(None) re-creates asyncio.DefaultEventLoopPolicy.
-        asyncio.DefaultEventLoopPolicy = FactoryPolicy
-        asyncio.set_event_loop_policy(None)
+        # Resetting the policy to None makes asyncio create an instance of its
+        # default policy class: from now on that is FactoryPolicy.
+        set_default_policy_class(FactoryPolicy)
+        set_policy(None)
+
+        # 3.13+: asyncio.EventLoop is the default loop's class, and from 3.14 on, with
+        # policies deprecated, tests name it where they mean "asyncio's default loop":
+        # asyncio.run(..., loop_factory=asyncio.EventLoop), IsolatedAsyncioTestCase's
+        # loop_factory = asyncio.EventLoop. Calling it makes a loop through the factory.
+        # The test modules are imported after this, so class attributes see it too.
+        if hasattr(asyncio, "EventLoop"):
+
+            class EventLoop:
+                def __new__(cls):
+                    return harness.new_loop()
+
+            asyncio.EventLoop = EventLoop
 
         # utils.TestCase.close_loop reads BaseEventLoop's private
         # _default_executor; give other loops the public path instead.
@@ -426,8 +530,6 @@ class Harness:
         test_utils.TestCase.close_loop = staticmethod(close_loop)
 
     def hook_namespace(self, hook: str) -> dict:
-        import asyncio
-
         from test.test_asyncio import utils as test_utils
 
         harness = self
@@ -440,13 +542,18 @@ class Harness:
             self.loop = harness.new_loop()
             self.set_event_loop(self.loop)
 
+        def setUp_loop(self):
+            unittest.TestCase.setUp(self)
+            self.loop = harness.new_loop()
+            self.addCleanup(self.loop.close)
+
         def runner_tearDown(self):
             # CPython also asserts a flag its mocked loop sets in
             # shutdown_asyncgens; with a real loop only "closed" is checked.
-            policy = asyncio.get_event_loop_policy()
+            policy = get_policy()
             if getattr(policy, "loop", None) is not None:
                 self.assertTrue(policy.loop.is_closed())
-            asyncio.set_event_loop_policy(None)
+            set_policy(None)
 
         if hook == "create_event_loop":
             return {"create_event_loop": new_loop}
@@ -454,6 +561,8 @@ class Harness:
             return {"new_loop": new_loop}
         if hook == "setUp":
             return {"setUp": setUp}
+        if hook == "setUp_loop":
+            return {"setUp": setUp_loop}
         if hook == "runner":
             return {"new_loop": new_loop, "tearDown": runner_tearDown}
         raise ValueError(f"unknown hook {hook}")
@@ -626,7 +735,7 @@ class ReportingResult(unittest.TestResult):
         running loop, so a test that breaks process-wide state fails alone."""
         import asyncio
 
-        asyncio.set_event_loop_policy(None)
+        set_policy(None)
         asyncio.events._set_running_loop(None)
 
 
@@ -718,7 +827,7 @@ def preflight_main(args) -> int:
 
         factory = load_factory(args.loop)
         if factory is asyncio.new_event_loop:
-            factory = asyncio.DefaultEventLoopPolicy().new_event_loop
+            factory = default_policy_class()().new_event_loop
         loop = factory()
         info["loop_type"] = f"{type(loop).__module__}.{type(loop).__qualname__}"
 

@@ -38,7 +38,8 @@ pub fn run_in_context(
     result
 }
 
-fn call(py: Python<'_>, callback: &Py<PyAny>, args: &Py<PyTuple>) -> PyResult<()> {
+/// Calls `callback(*args)` in the current context.
+pub fn call(py: Python<'_>, callback: &Py<PyAny>, args: &Py<PyTuple>) -> PyResult<()> {
     let args = args.bind(py);
     // SAFETY: the GIL is held; callable and arguments are live, owned references; each call
     // returns a new reference or NULL with an exception set.

@@ -243,6 +243,23 @@ impl EventLoop {
         Self::schedule_soon(slf, callback, args, context, "call_soon_threadsafe", true)
     }
 
+    /// Queues `handle._run()` from any thread and wakes the loop if it sleeps: the Python
+    /// layer's `call_soon_threadsafe` on 3.14+, with asyncio's own `_ThreadSafeHandle`
+    /// (its `_run` enters the handle's context and holds the lock its `cancel()` takes).
+    fn _call_soon_threadsafe_handle(
+        slf: &Bound<'_, Self>,
+        handle: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.ensure_open()?;
+        let run = handle.getattr(pyo3::intern!(py, "_run"))?.unbind();
+        let queued = Py::new(py, Handle::without_context(py, run))?;
+        this.push_ready(py, queued);
+        this.wake_if_polling(py);
+        Ok(())
+    }
+
     /// Schedules `callback(*args)` at loop time `when`; returns its `TimerHandle`.
     #[pyo3(signature = (when, callback, *args, context = None))]
     fn call_at(

@@ -104,6 +104,7 @@ impl EventLoop {
         fd: &Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
         direction: Direction,
     ) -> PyResult<()> {
         self.ensure_open()?;
@@ -116,7 +117,7 @@ impl EventLoop {
         };
         let handle = Py::new(
             py,
-            Handle::create(py, callback.unbind(), args.unbind(), None)?,
+            Handle::create(py, callback.unbind(), args.unbind(), context)?,
         )?;
         let outcome = {
             let mut state = self.state.borrow_mut(py);
@@ -186,27 +187,32 @@ impl EventLoop {
 #[pymethods]
 impl EventLoop {
     /// Calls `callback(*args)` whenever `fd` is readable; replaces an earlier reader.
-    #[pyo3(signature = (fd, callback, *args))]
+    /// `context` (for transports; the Python layer's public `add_reader` has none, as
+    /// asyncio's) is the context the callback runs in, else a copy of the current one.
+    #[pyo3(signature = (fd, callback, *args, context = None))]
     fn add_reader(
         &self,
         py: Python<'_>,
         fd: &Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
     ) -> PyResult<()> {
-        self.add_watch(py, fd, callback, args, Direction::Read)
+        self.add_watch(py, fd, callback, args, context, Direction::Read)
     }
 
     /// Calls `callback(*args)` whenever `fd` is writable; replaces an earlier writer.
-    #[pyo3(signature = (fd, callback, *args))]
+    /// `context` as for `add_reader`.
+    #[pyo3(signature = (fd, callback, *args, context = None))]
     fn add_writer(
         &self,
         py: Python<'_>,
         fd: &Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
     ) -> PyResult<()> {
-        self.add_watch(py, fd, callback, args, Direction::Write)
+        self.add_watch(py, fd, callback, args, context, Direction::Write)
     }
 
     /// Stops watching `fd` for reading; True if a reader was registered.

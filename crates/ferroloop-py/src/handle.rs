@@ -4,6 +4,10 @@
 //! (a copy of the scheduling thread's current context when none is given, as asyncio
 //! does). Cancelling drops the callback and arguments at once, so a cancelled timer that
 //! is still in the heap holds no user objects.
+//!
+//! One kind of handle enters no context: the loop's own wrapper of an asyncio handle made
+//! in Python (`call_soon_threadsafe` on 3.14+ returns asyncio's `_ThreadSafeHandle`), whose
+//! callback is that handle's `_run`, which enters the handle's context itself.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,7 +27,8 @@ type Call = (Py<PyAny>, Py<PyTuple>);
 pub struct Handle {
     /// `None` once cancelled.
     call: GilCell<Option<Call>>,
-    context: Py<PyAny>,
+    /// The context the callback runs in; `None` only for `Handle::without_context`.
+    context: Option<Py<PyAny>>,
     /// Set by `cancel()`; read by the loop before running the handle.
     cancelled: AtomicBool,
     /// asyncio's `_source_traceback`, filled by the Python layer in debug mode.
@@ -44,10 +49,21 @@ impl Handle {
         };
         Ok(Handle {
             call: GilCell::new(Some((callback, args))),
-            context,
+            context: Some(context),
             cancelled: AtomicBool::new(false),
             source_traceback: GilCell::new(None),
         })
+    }
+
+    /// A handle for `callback()` called as is, in whatever context is current: for a
+    /// callback that enters a context itself (an asyncio handle's `_run`).
+    pub fn without_context(py: Python<'_>, callback: Py<PyAny>) -> Handle {
+        Handle {
+            call: GilCell::new(Some((callback, PyTuple::empty(py).unbind()))),
+            context: None,
+            cancelled: AtomicBool::new(false),
+            source_traceback: GilCell::new(None),
+        }
     }
 
     /// Whether `cancel()` was called.
@@ -62,7 +78,10 @@ impl Handle {
             Some((callback, args)) => (callback.clone_ref(py), args.clone_ref(py)),
             None => return Ok(()),
         };
-        context::run_in_context(py, &self.context, &callback, &args)
+        match &self.context {
+            Some(context) => context::run_in_context(py, context, &callback, &args),
+            None => context::call(py, &callback, &args),
+        }
     }
 
     fn mark_cancelled(&self, py: Python<'_>) -> bool {
@@ -131,8 +150,8 @@ impl Handle {
     }
 
     /// The `contextvars.Context` the callback runs in.
-    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.context.as_ref().map(|c| c.clone_ref(py))
     }
 
     #[getter]
@@ -146,8 +165,8 @@ impl Handle {
     }
 
     #[getter]
-    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+    fn _context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.context.as_ref().map(|c| c.clone_ref(py))
     }
 
     #[getter]
@@ -174,7 +193,9 @@ impl Handle {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.context)?;
+        if let Some(context) = &self.context {
+            visit.call(context)?;
+        }
         if let Some(call) = self.call.try_borrow_in_gc() {
             if let Some((callback, args)) = call.as_ref() {
                 visit.call(callback)?;

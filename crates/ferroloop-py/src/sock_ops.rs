@@ -91,12 +91,12 @@ struct SendFile {
 }
 
 impl SendFile {
-    /// Moves the file position after the bytes sent, as asyncio does.
+    /// Moves the file position after the bytes sent (to `offset` when none were), as
+    /// asyncio 3.14 does; asyncio before 3.14 left the position alone when nothing was
+    /// sent, so `sendfile(offset=len(file))` kept a stale position.
     fn update_file_position(&self) {
-        if self.total_sent > 0 {
-            // SAFETY: lseek only reads its integer arguments; a bad fd yields EBADF.
-            unsafe { libc::lseek(self.file_fd, self.offset as libc::off_t, libc::SEEK_SET) };
-        }
+        // SAFETY: lseek only reads its integer arguments; a bad fd yields EBADF.
+        unsafe { libc::lseek(self.file_fd, self.offset as libc::off_t, libc::SEEK_SET) };
     }
 }
 

@@ -116,13 +116,34 @@ pub(crate) trait TransportCore: PyClass<Frozen = True> + Sync {
     /// The current protocol, while there is one.
     fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>>;
 
+    /// The `contextvars.Context` all of the transport's callbacks run in, if it has one
+    /// (stream sockets on Python 3.15+, as asyncio's); without one, each callback runs in
+    /// a copy of the context current when it was scheduled.
+    fn context(&self, _py: Python<'_>) -> Option<Py<PyAny>> {
+        None
+    }
+
+    /// `{"context": context}` when the transport has a context, for the loop's scheduling
+    /// methods.
+    fn context_kwargs<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        match self.context(py) {
+            Some(context) => {
+                let kwargs = PyDict::new(py);
+                kwargs.set_item(intern!(py, "context"), context)?;
+                Ok(Some(kwargs))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// `loop.<method>(fd, <bound method `callback` of the core>)`, while attached.
     fn watch(slf: &Bound<'_, Self>, method: &Bound<'_, PyString>, callback: &str) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         if let Some(event_loop) = this.loop_obj(py) {
             let callback = slf.as_any().getattr(callback)?;
-            event_loop.call_method1(py, method, (this.raw_fd(), callback))?;
+            let kwargs = this.context_kwargs(py)?;
+            event_loop.call_method(py, method, (this.raw_fd(), callback), kwargs.as_ref())?;
         }
         Ok(())
     }
@@ -332,7 +353,13 @@ pub(crate) trait SocketLifecycle: TransportCore {
         let py = slf.py();
         if let Some(event_loop) = slf.get().loop_obj(py) {
             let callback = slf.as_any().getattr(intern!(py, "_call_connection_lost"))?;
-            event_loop.call_method1(py, intern!(py, "call_soon"), (callback, exc))?;
+            let kwargs = slf.get().context_kwargs(py)?;
+            event_loop.call_method(
+                py,
+                intern!(py, "call_soon"),
+                (callback, exc),
+                kwargs.as_ref(),
+            )?;
         }
         Ok(())
     }
@@ -442,9 +469,10 @@ pub(crate) trait SocketLifecycle: TransportCore {
 }
 
 /// [`TransportCore`] for a core with an `fd` and a `state` (a `GilCell`) that holds
-/// `event_loop`, `owner` and `protocol`, directly or in the field named second.
+/// `event_loop`, `owner` and `protocol`, directly or in the field named second; with
+/// `; context`, also a `context` (an `Option`) directly in the state.
 macro_rules! transport_core {
-    ($core:ty $(, $within:ident)?) => {
+    ($core:ty $(, $within:ident)? $(; $context:ident)?) => {
         impl TransportCore for $core {
             fn raw_fd(&self) -> RawFd {
                 self.fd
@@ -462,6 +490,12 @@ macro_rules! transport_core {
             fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
                 clone_of(py, &self.state.borrow_mut(py)$(.$within)?.protocol)
             }
+
+            $(
+            fn context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+                clone_of(py, &self.state.borrow_mut(py).$context)
+            }
+            )?
         }
     };
 }

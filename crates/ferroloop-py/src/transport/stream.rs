@@ -70,6 +70,9 @@ struct StreamState {
     /// Set while `loop.sendfile` owns the socket: resolved when the queue drains, and
     /// write() refuses data meanwhile.
     empty_waiter: Option<Py<PyAny>>,
+    /// The context every callback of the transport runs in (`TransportCore::context`);
+    /// given on Python 3.15+ only, where asyncio's socket transports have one.
+    context: Option<Py<PyAny>>,
 }
 
 /// The Rust half of a socket stream transport.
@@ -105,7 +108,7 @@ enum ReadOutcome {
     Failed(std::io::Error),
 }
 
-transport_core!(StreamCore);
+transport_core!(StreamCore; context);
 
 impl WriteFlow for StreamCore {
     fn with_flow<R>(&self, py: Python<'_>, f: impl FnOnce(&mut FlowControl, usize) -> R) -> R {
@@ -267,15 +270,16 @@ socket_lifecycle_pymethods!(StreamCore);
 
 #[pymethods]
 impl StreamCore {
-    /// `StreamCore(loop, sock, protocol, owner, server=None)`.
+    /// `StreamCore(loop, sock, protocol, owner, server=None, context=None)`.
     #[new]
-    #[pyo3(signature = (event_loop, sock, protocol, owner, server = None))]
+    #[pyo3(signature = (event_loop, sock, protocol, owner, server = None, context = None))]
     fn py_new(
         event_loop: Py<PyAny>,
         sock: Bound<'_, PyAny>,
         protocol: Bound<'_, PyAny>,
         owner: Py<PyAny>,
         server: Option<Py<PyAny>>,
+        context: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let fd: RawFd = sock.call_method0("fileno")?.extract()?;
         let receiver = receiver_for(&protocol)?;
@@ -293,6 +297,7 @@ impl StreamCore {
                 lifecycle: Lifecycle::default(),
                 eof: false,
                 empty_waiter: None,
+                context,
             }),
         })
     }
@@ -608,6 +613,7 @@ impl StreamCore {
         visit.call(&state.protocol)?;
         visit.call(&state.server)?;
         visit.call(&state.empty_waiter)?;
+        visit.call(&state.context)?;
         match &state.receiver {
             Some(Receiver::Data(callback)) => visit.call(callback)?,
             Some(Receiver::Buffered(get_buffer, updated)) => {
@@ -630,6 +636,7 @@ impl StreamCore {
                 state.receiver.take(),
                 state.server.take(),
                 state.empty_waiter.take(),
+                state.context.take(),
             )
         });
         drop(released);
