@@ -263,7 +263,10 @@ impl Framer {
     /// # Panics
     /// If `n` is more than the room `spare` gave.
     pub fn commit(&mut self, n: usize) {
-        assert!(self.end + n <= self.buf.len(), "commit beyond the spare room");
+        assert!(
+            self.end + n <= self.buf.len(),
+            "commit beyond the spare room"
+        );
         self.end += n;
     }
 
@@ -391,9 +394,10 @@ fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     let (&first, rest) = needle.split_first()?;
     let mut at = from;
     while at + needle.len() <= haystack.len() {
-        let candidate = at + haystack[at..=haystack.len() - needle.len()]
-            .iter()
-            .position(|&b| b == first)?;
+        let candidate = at
+            + haystack[at..=haystack.len() - needle.len()]
+                .iter()
+                .position(|&b| b == first)?;
         if haystack[candidate + 1..candidate + needle.len()] == *rest {
             return Some(candidate);
         }
@@ -641,7 +645,10 @@ mod tests {
         assert_eq!(framer.take_buffered(), b"rawbytes");
         framer.extend(b"more\r\nb\r\n");
         framer.unread(b"x");
-        assert_eq!(drain(&mut framer).unwrap(), vec![b"xmore".to_vec(), b"b".to_vec()]);
+        assert_eq!(
+            drain(&mut framer).unwrap(),
+            vec![b"xmore".to_vec(), b"b".to_vec()]
+        );
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //! runs `_write_ready`, which flushes the queue with one `sendmsg`. Crossing the high-water
 //! mark calls `protocol.pause_writing()`, draining to the low-water mark `resume_writing()`.
 //!
+//! Framed protocols (`ferroloop.framing.ChunkProtocol`): when the protocol carries a
+//! `FrameSplitter`, `_read_ready` `recv`s into the splitter's own buffer and the splitter
+//! calls `on_chunk` once per complete frame; no `bytes` of the whole read is made.
+//!
 //! Semantics follow asyncio's selector transport: the same callbacks in the same order,
 //! the same exceptions and messages. The borrow rule of the loop applies here too: `state`
 //! is never borrowed across a call into Python.
@@ -32,6 +36,7 @@ use super::lifecycle::{
 };
 use super::write_buffer::{send, would_block, WriteBuffer};
 use crate::errors::os_error;
+use crate::framing::{splitter_of, FrameSplitter};
 use crate::gil_cell::GilCell;
 
 /// Bytes one `recv` asks for at most (asyncio's `max_size`).
@@ -49,6 +54,8 @@ enum Receiver {
     Data(Py<PyAny>),
     /// `protocol.get_buffer` and `protocol.buffer_updated`, cached.
     Buffered(Py<PyAny>, Py<PyAny>),
+    /// A framed protocol's splitter: bytes are received into it and split in Rust.
+    Framed(Py<FrameSplitter>),
 }
 
 struct StreamState {
@@ -89,6 +96,8 @@ fn receiver_for(protocol: &Bound<'_, PyAny>) -> PyResult<Receiver> {
             protocol.getattr(intern!(py, "get_buffer"))?.unbind(),
             protocol.getattr(intern!(py, "buffer_updated"))?.unbind(),
         ))
+    } else if let Some(splitter) = splitter_of(protocol)? {
+        Ok(Receiver::Framed(splitter))
     } else {
         Ok(Receiver::Data(
             protocol.getattr(intern!(py, "data_received"))?.unbind(),
@@ -100,6 +109,8 @@ fn receiver_for(protocol: &Bound<'_, PyAny>) -> PyResult<Receiver> {
 enum ReadOutcome {
     Data(Py<PyBytes>),
     Filled(usize),
+    /// Bytes went into a framed protocol's splitter.
+    Received,
     Eof,
     NotReady,
     Failed(std::io::Error),
@@ -165,6 +176,12 @@ impl StreamCore {
                 let n = unsafe { libc::recv(self.fd, room.as_mut_ptr().cast(), room.len(), 0) };
                 Ok(classify(n, ReadOutcome::Filled))
             }
+            Receiver::Framed(splitter) => Ok(match splitter.get().receive(py, self.fd) {
+                Ok(0) => ReadOutcome::Eof,
+                Ok(_) => ReadOutcome::Received,
+                Err(err) if would_block(&err) => ReadOutcome::NotReady,
+                Err(err) => ReadOutcome::Failed(err),
+            }),
         }
     }
 
@@ -327,6 +344,7 @@ impl StreamCore {
                 Some(Receiver::Buffered(g, u)) => {
                     Receiver::Buffered(g.clone_ref(py), u.clone_ref(py))
                 }
+                Some(Receiver::Framed(splitter)) => Receiver::Framed(splitter.clone_ref(py)),
                 None => return Ok(()),
             }
         };
@@ -363,6 +381,16 @@ impl StreamCore {
                         slf,
                         err,
                         "Fatal error: protocol.buffer_updated() call failed.",
+                    ),
+                }
+            }
+            (ReadOutcome::Received, Receiver::Framed(splitter)) => {
+                match splitter.get().deliver(py) {
+                    Ok(()) => Ok(()),
+                    Err(err) => Self::fatal_error(
+                        slf,
+                        err,
+                        "Fatal error: protocol.data_received() call failed.",
                     ),
                 }
             }
@@ -614,6 +642,7 @@ impl StreamCore {
                 visit.call(get_buffer)?;
                 visit.call(updated)?;
             }
+            Some(Receiver::Framed(splitter)) => visit.call(splitter)?,
             None => {}
         }
         Ok(())
