@@ -609,3 +609,83 @@ def test_stream_read_frame_raises_the_framing_error_after_the_good_frames(loop, 
 
     assert loop.run_until_complete(main()) == b"ok"
     assert isinstance(exc_handler.pop_one()["exception"], FrameTooLarge)
+
+
+# -- replies written inside on_chunk ---------------------------------------------------
+# (ferroloop's socket transports send them together once the read's frames are delivered;
+# what the peer sees must be the same as on asyncio's loop.)
+
+
+def _echo_then(action):
+    def make(conn_holder):
+        def on_chunk(frame):
+            conn_holder[0].protocol.write_chunk(frame.upper())
+            if frame == b"last":
+                action(conn_holder[0].protocol.transport)
+
+        return on_chunk
+
+    return make
+
+
+def _received_until_eof(conn) -> bytes:
+    conn.peer.settimeout(2)
+    got = b""
+    while chunk := conn.peer.recv(65536):
+        got += chunk
+    return got
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        lambda transport: transport.close(),
+        lambda transport: transport.abort(),
+        lambda transport: transport.write_eof(),
+    ],
+    ids=["close", "abort", "write_eof"],
+)
+def test_replies_written_in_on_chunk_reach_the_peer(loop, conns, action):
+    holder: list = []
+    protocol = ChunkProtocol(Delimiter(b"\n"), _echo_then(action)(holder))
+    conn = conns(None, protocol=protocol)
+    holder.append(conn)
+    lines = [b"frame %d" % i for i in range(50)] + [b"last"]
+    conn.peer.sendall(b"".join(line + b"\n" for line in lines))
+    run_until(loop, lambda: protocol.transport.is_closing() or unread_bytes(conn.near) == 0)
+    idle(loop)
+    assert _received_until_eof(conn) == b"".join(line.upper() + b"\n" for line in lines)
+
+
+def test_many_replies_in_one_read_with_a_peer_that_reads_late(loop, conns):
+    """Replies beyond what the socket takes at once are queued and flushed later, and
+    pause_writing/resume_writing are called as for any write."""
+    events: list = []
+
+    class Echo(ChunkProtocol):
+        def pause_writing(self):
+            events.append("pause")
+
+        def resume_writing(self):
+            events.append("resume")
+
+    holder: list = []
+    protocol = Echo(Delimiter(b"\n"), lambda frame: holder[0].write_chunk(frame * 100))
+    holder.append(protocol)
+    conn = conns(None, protocol=protocol)
+    conn.peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    conn.peer.sendall(b"".join(b"%04d\n" % i for i in range(2000)))
+    expected = b"".join(b"%04d" % i * 100 + b"\n" for i in range(2000))
+    got = bytearray()
+    conn.peer.setblocking(False)
+
+    def drained():
+        try:
+            got.extend(conn.peer.recv(1 << 20))
+        except BlockingIOError:
+            pass
+        return len(got) >= len(expected)
+
+    run_until(loop, drained, timeout=10)
+    assert bytes(got) == expected
+    assert events[:1] == ["pause"] and events[-1] == "resume"
