@@ -33,6 +33,7 @@ import asyncio
 import collections
 
 from ._core import FrameSplitter
+from ._stream import SocketTransport
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -92,11 +93,8 @@ class _Framer:
         return FrameSplitter(on_chunk, self.max_frame_size, **self._options())
 
     def encode(self, data):
-        """`data` as one frame on the wire (bytes)."""
-        return b"".join(self._pieces(data))
-
-    def _pieces(self, data):
-        raise NotImplementedError
+        """`data` as one frame on the wire (bytes); ValueError if it cannot be one."""
+        return self._splitter(None).encode(data)
 
 
 class Delimiter(_Framer):
@@ -115,9 +113,6 @@ class Delimiter(_Framer):
 
     def _options(self):
         return {"delimiter": self.delimiter, "keep": self.keep}
-
-    def _pieces(self, data):
-        return (data, self.delimiter)
 
     def __repr__(self):
         return (
@@ -173,14 +168,6 @@ class LengthPrefixed(_Framer):
             "strip": self.strip,
         }
 
-    def _pieces(self, data):
-        if self.offset != 0 or self.strip != self.size:
-            raise ValueError("write_chunk needs a header that is the length field alone")
-        length = len(memoryview(data)) - self.adjustment
-        if len(memoryview(data)) > self.max_frame_size or length < 0:
-            raise ValueError(f"a frame of {len(memoryview(data))} bytes cannot be sent")
-        return (length.to_bytes(self.size, self.byteorder), data)
-
     def __repr__(self):
         return (
             f"LengthPrefixed({self.size}, byteorder={self.byteorder!r}, offset={self.offset},"
@@ -202,11 +189,6 @@ class FixedSize(_Framer):
 
     def _options(self):
         return {"fixed_size": self.size}
-
-    def _pieces(self, data):
-        if len(memoryview(data)) != self.size:
-            raise ValueError(f"a frame must be {self.size} bytes, not {len(memoryview(data))}")
-        return (data,)
 
     def __repr__(self):
         return f"FixedSize({self.size})"
@@ -297,6 +279,18 @@ class FramedTransport(asyncio.Transport):
         return f"<FramedTransport {self._transport!r}>"
 
 
+def _writer_of(transport):
+    """`transport.write`; for ferroloop's socket transport (its write not replaced on the
+    instance) the Rust core's write itself, one call less per frame."""
+    if (
+        type(transport) is SocketTransport
+        and "write" not in transport.__dict__
+        and type(transport).write is SocketTransport.write
+    ):
+        return transport._core.write
+    return getattr(transport, "write", None)  # None: a read pipe
+
+
 class ChunkProtocol(asyncio.Protocol):
     """A protocol that calls `on_chunk(frame)` once per complete frame (`bytes`).
 
@@ -330,6 +324,12 @@ class ChunkProtocol(asyncio.Protocol):
         self._raw_transport = transport
         self._loop = asyncio.get_running_loop()
         self.transport = FramedTransport(transport, self)
+        writer = _writer_of(transport)
+        if writer is not None:
+            self._splitter.set_writer(writer)
+        # Straight into Rust: encode and hand to the transport's write in one call.
+        self.write_chunk = self._splitter.write_chunk
+        self.write_chunks = self._splitter.write_chunks
 
     def data_received(self, data):
         self._splitter.feed(data)
@@ -360,13 +360,13 @@ class ChunkProtocol(asyncio.Protocol):
     # Writing.
 
     def write_chunk(self, data):
-        """Sends `data` as one frame (the delimiter or the length prefix added)."""
-        self._raw_transport.writelines(self.framer._pieces(data))
+        """Sends `data` as one frame (the delimiter or the length prefix added);
+        ValueError if it cannot be one (too long, wrong size)."""
+        self._splitter.write_chunk(data)
 
     def write_chunks(self, frames):
-        """Sends every frame of `frames` in one scatter/gather write."""
-        pieces = self.framer._pieces
-        self._raw_transport.writelines([piece for data in frames for piece in pieces(data)])
+        """Sends every frame of `frames` with one write of the transport."""
+        self._splitter.write_chunks(frames)
 
     # Mode switches.
 

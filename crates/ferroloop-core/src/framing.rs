@@ -94,6 +94,93 @@ impl LengthField {
     }
 }
 
+impl Framing {
+    /// Appends `payload` to `out` as one frame of this framing: followed by the delimiter,
+    /// after its length field, or as it is for a fixed size. Not checked: that a delimited
+    /// payload holds no delimiter (the receiver would cut the frame there).
+    ///
+    /// A length-prefixed frame can be written only when the header is the length field
+    /// alone and is stripped (`offset == 0`, `strip == size`): other headers hold fields
+    /// only the application knows.
+    pub fn encode(
+        &self,
+        payload: &[u8],
+        max_frame_size: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        if payload.len() > max_frame_size {
+            return Err(EncodeError::TooLarge);
+        }
+        match self {
+            Framing::Delimiter { delimiter, .. } => {
+                out.reserve(payload.len() + delimiter.len());
+                out.extend_from_slice(payload);
+                out.extend_from_slice(delimiter);
+            }
+            Framing::LengthPrefixed(field) => {
+                if field.offset != 0 || field.strip != field.size {
+                    return Err(EncodeError::HeaderNotLengthAlone);
+                }
+                let value = i128::try_from(payload.len()).unwrap_or(i128::MAX)
+                    - i128::from(field.adjustment);
+                let fits = field.size == 8 || value < 1i128 << (8 * field.size);
+                let value = match u64::try_from(value) {
+                    Ok(value) if fits => value,
+                    _ => return Err(EncodeError::LengthDoesNotFit),
+                };
+                let bytes = if field.big_endian {
+                    value.to_be_bytes()
+                } else {
+                    value.to_le_bytes()
+                };
+                let field_bytes = if field.big_endian {
+                    &bytes[8 - field.size..]
+                } else {
+                    &bytes[..field.size]
+                };
+                out.reserve(field.size + payload.len());
+                out.extend_from_slice(field_bytes);
+                out.extend_from_slice(payload);
+            }
+            Framing::FixedSize(n) => {
+                if payload.len() != *n {
+                    return Err(EncodeError::WrongSize);
+                }
+                out.extend_from_slice(payload);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why [`Framing::encode`] cannot write a payload as a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The payload is longer than the maximum frame size.
+    TooLarge,
+    /// A length-prefixed framing whose header has more than the length field.
+    HeaderNotLengthAlone,
+    /// The length (after the adjustment) is negative or too large for the field.
+    LengthDoesNotFit,
+    /// A fixed-size framing and a payload of another size.
+    WrongSize,
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EncodeError::TooLarge => "the frame is longer than max_frame_size",
+            EncodeError::HeaderNotLengthAlone => {
+                "write_chunk needs a header that is the length field alone (offset 0, stripped)"
+            }
+            EncodeError::LengthDoesNotFit => "the frame's length does not fit the length field",
+            EncodeError::WrongSize => "the frame does not have the fixed frame size",
+        })
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
 /// Why a framing description was refused by [`Framer::new`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError(pub &'static str);
@@ -608,6 +695,72 @@ mod tests {
             framer.next_frame(),
             Err(FrameError::NegativeLength { length: -1 })
         );
+    }
+
+    #[test]
+    fn encoded_frames_split_back_into_the_payloads() {
+        let fields = [
+            LengthField::prefix(1),
+            LengthField {
+                big_endian: false,
+                ..LengthField::prefix(2)
+            },
+            LengthField::prefix(8),
+            LengthField {
+                adjustment: -4,
+                ..LengthField::prefix(4)
+            },
+        ];
+        let mut framings: Vec<Framing> = fields.into_iter().map(Framing::LengthPrefixed).collect();
+        framings.push(Framing::Delimiter {
+            delimiter: b"\r\n".to_vec(),
+            keep: false,
+        });
+        for framing in framings {
+            let payloads: [&[u8]; 3] = [b"", b"abc", &[7u8; 200]];
+            let mut wire = Vec::new();
+            for payload in payloads {
+                framing.encode(payload, 1000, &mut wire).unwrap();
+            }
+            let mut framer = Framer::new(framing.clone(), 1000).unwrap();
+            framer.extend(&wire);
+            assert_eq!(drain(&mut framer).unwrap(), payloads, "{framing:?}");
+        }
+    }
+
+    #[test]
+    fn what_cannot_be_encoded_is_refused() {
+        let mut out = Vec::new();
+        let one = Framing::LengthPrefixed(LengthField::prefix(1));
+        assert_eq!(
+            one.encode(&[0; 256], 1000, &mut out),
+            Err(EncodeError::LengthDoesNotFit)
+        );
+        assert_eq!(
+            one.encode(&[0; 11], 10, &mut out),
+            Err(EncodeError::TooLarge)
+        );
+        let kept = Framing::LengthPrefixed(LengthField {
+            strip: 0,
+            ..LengthField::prefix(4)
+        });
+        assert_eq!(
+            kept.encode(b"x", 10, &mut out),
+            Err(EncodeError::HeaderNotLengthAlone)
+        );
+        let counted = Framing::LengthPrefixed(LengthField {
+            adjustment: 2,
+            ..LengthField::prefix(4)
+        });
+        assert_eq!(
+            counted.encode(b"x", 10, &mut out),
+            Err(EncodeError::LengthDoesNotFit)
+        );
+        assert_eq!(
+            Framing::FixedSize(2).encode(b"x", 10, &mut out),
+            Err(EncodeError::WrongSize)
+        );
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -44,6 +44,8 @@ enum Mode {
 struct SplitterState {
     framer: Framer,
     on_chunk: Option<Py<PyAny>>,
+    /// The transport's `write`, for `write_chunk`/`write_chunks` (set at connection_made).
+    writer: Option<Py<PyAny>>,
     mode: Mode,
     /// The protocol paused reading: no frame is delivered until it is cleared.
     paused: bool,
@@ -96,6 +98,44 @@ fn framing_error(py: Python<'_>, err: FrameError) -> PyErr {
 }
 
 impl FrameSplitter {
+    /// Appends `data` (bytes, or any buffer) to `out` as one frame.
+    fn encode_into(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        out: &mut Vec<u8>,
+    ) -> PyResult<()> {
+        let copy: Vec<u8>;
+        let payload: &[u8] = match data.cast::<PyBytes>() {
+            Ok(bytes) => bytes.as_bytes(),
+            Err(_) => {
+                copy = pyo3::buffer::PyBuffer::<u8>::get(data)?.to_vec(py)?;
+                &copy
+            }
+        };
+        let state = self.state.borrow_mut(py);
+        state
+            .framer
+            .framing()
+            .encode(payload, state.framer.max_frame_size(), out)
+            .map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+
+    /// Hands `framed` to the writer as one `bytes`.
+    fn send(&self, py: Python<'_>, framed: &[u8]) -> PyResult<()> {
+        let writer = self
+            .state
+            .borrow_mut(py)
+            .writer
+            .as_ref()
+            .map(|w| w.clone_ref(py));
+        let writer = writer.ok_or_else(|| {
+            PyRuntimeError::new_err("no transport to write to (not connected, or a read pipe)")
+        })?;
+        writer.call1(py, (PyBytes::new(py, framed),))?;
+        Ok(())
+    }
+
     /// `recv`s from `fd` into the framer's buffer: `Ok(n)` bytes, `Ok(0)` at EOF.
     pub(crate) fn receive(&self, py: Python<'_>, fd: RawFd) -> std::io::Result<usize> {
         let mut state = self.state.borrow_mut(py);
@@ -235,6 +275,7 @@ impl FrameSplitter {
             state: GilCell::new(SplitterState {
                 framer,
                 on_chunk: Some(on_chunk),
+                writer: None,
                 mode: Mode::Frames,
                 paused: false,
                 stopped: false,
@@ -295,7 +336,9 @@ impl FrameSplitter {
         self.state.borrow_mut(py).stopped
     }
 
-    /// Ends delivery for good and drops the callbacks (close, connection lost).
+    /// Ends delivery for good and drops the callbacks (close, connection lost). The writer
+    /// stays: a write after the end goes to the transport, which handles it as asyncio's
+    /// transports do.
     fn stop(&self, py: Python<'_>) {
         let released = {
             let mut state = self.state.borrow_mut(py);
@@ -306,6 +349,39 @@ impl FrameSplitter {
             )
         };
         drop(released);
+    }
+
+    /// Sets the callable `write_chunk` and `write_chunks` hand the framed bytes to.
+    fn set_writer(&self, py: Python<'_>, write: Py<PyAny>) {
+        let old = self.state.borrow_mut(py).writer.replace(write);
+        drop(old);
+    }
+
+    /// `data` (bytes-like) framed: with the delimiter or the length field added.
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let mut out = Vec::new();
+        self.encode_into(py, data, &mut out)?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// Sends `data` as one frame through the writer.
+    fn write_chunk(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut out = Vec::new();
+        self.encode_into(py, data, &mut out)?;
+        self.send(py, &out)
+    }
+
+    /// Sends every item of `frames` as a frame, all in one write.
+    fn write_chunks(&self, py: Python<'_>, frames: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut out = Vec::new();
+        for data in frames.try_iter()? {
+            self.encode_into(py, &data?, &mut out)?;
+        }
+        self.send(py, &out)
     }
 
     /// From now on, bytes (those buffered first) go to `on_data` as they come.
@@ -352,6 +428,7 @@ impl FrameSplitter {
             return Ok(());
         };
         visit.call(&state.on_chunk)?;
+        visit.call(&state.writer)?;
         if let Mode::Raw(on_data) = &state.mode {
             visit.call(on_data)?;
         }
@@ -362,6 +439,7 @@ impl FrameSplitter {
         let released = self.state.try_borrow_in_gc().map(|mut state| {
             (
                 state.on_chunk.take(),
+                state.writer.take(),
                 std::mem::replace(&mut state.mode, Mode::Frames),
             )
         });
