@@ -689,3 +689,56 @@ def test_many_replies_in_one_read_with_a_peer_that_reads_late(loop, conns):
     run_until(loop, drained, timeout=10)
     assert bytes(got) == expected
     assert events[:1] == ["pause"] and events[-1] == "resume"
+
+
+# -- the example -----------------------------------------------------------------------
+
+
+def test_memcached_example_with_values_that_hold_crlf(loop):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "memcached.py"
+    spec = importlib.util.spec_from_file_location("memcached_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+
+    async def main():
+        store = {}
+        handlers = []
+
+        def factory():
+            handlers.append(example.MemcachedServer(store))
+            return handlers[-1].protocol
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = await example.MemcachedClient.connect("127.0.0.1", port)
+        big = bytes(range(256)) * 300 + b"\r\n"
+        results = await asyncio.gather(
+            client.set(b"a", b"x\r\ny"),
+            client.set(b"big", big, flags=3),
+            client.get(b"a", b"big", b"nope"),
+            client.delete(b"a"),
+            client.delete(b"a"),
+            client.request(b"bogus"),
+        )
+        client.close()
+        # The server's side ends when it reads the client's EOF (connection_lost stops
+        # its splitter).
+        while not all(h.protocol._splitter.stopped for h in handlers):
+            await asyncio.sleep(0.001)
+        server.close()
+        await server.wait_closed()
+        return results, store, big
+
+    results, store, big = loop.run_until_complete(main())
+    assert results == [
+        b"STORED",
+        b"STORED",
+        {b"a": b"x\r\ny", b"big": big},
+        b"DELETED",
+        b"NOT_FOUND",
+        b"ERROR",
+    ]
+    assert store == {b"big": (3, big)}
