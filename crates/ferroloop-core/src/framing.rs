@@ -345,6 +345,17 @@ impl Framer {
         &mut self.buf[self.end..]
     }
 
+    /// Frees the buffer when nothing is buffered and it holds more than `keep` bytes of
+    /// room, so an idle connection costs no buffer (a busy one allocates per read).
+    pub fn release_if_empty(&mut self, keep: usize) {
+        if self.start == self.end && self.buf.len() > keep {
+            self.buf = Vec::new();
+            self.start = 0;
+            self.end = 0;
+            self.scanned = 0;
+        }
+    }
+
     /// Counts `n` bytes written at the front of [`Framer::spare`] as received.
     ///
     /// # Panics
@@ -820,6 +831,13 @@ mod tests {
             assert_eq!(framer.next_frame().unwrap(), Some(&b"c"[..]));
         }
         assert!(framer.buf.len() < 64);
+        framer.release_if_empty(0);
+        assert_eq!(framer.buffered(), b"c", "not empty: kept");
+        assert_eq!(framer.next_frame().unwrap(), None);
+        framer.extend(b"\r\n");
+        assert_eq!(framer.next_frame().unwrap(), Some(&b"c"[..]));
+        framer.release_if_empty(0);
+        assert_eq!(framer.buf.len(), 0);
     }
 
     /// A small deterministic generator (xorshift), so the random test needs no crate.

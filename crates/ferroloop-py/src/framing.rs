@@ -8,8 +8,10 @@
 //!   protocol's `data_received(data)` calls `feed(data)`: the bytes are appended to the
 //!   framer and every complete frame is handed to `on_chunk`.
 //! - On ferroloop's socket transports, `StreamCore` finds the splitter on the protocol and
-//!   `recv`s straight into the framer's buffer ([`FrameSplitter::receive`]), then delivers:
-//!   no `bytes` of the whole read, one call into Python per frame.
+//!   `recv`s into the thread's read buffer and appends the bytes to the framer
+//!   ([`FrameSplitter::receive`]), then delivers: no `bytes` of the whole read, one call
+//!   into Python per frame. The framer's buffer holds only what is not yet delivered and
+//!   is freed when empty, so idle connections hold no buffer.
 //!
 //! Delivery stops between two frames when the protocol pauses (`paused`), stops (close,
 //! connection lost, an error) or switches to raw bytes; the bytes still buffered stay in
@@ -29,9 +31,11 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyBytes;
 
 use crate::gil_cell::GilCell;
+use crate::transport::stream::READ_BUFFER;
 
-/// Room a socket read asks the framer for: at least this much is `recv`ed at once.
-pub(crate) const FRAMED_READ_SIZE: usize = 64 * 1024;
+/// Buffer room a framer keeps once everything is delivered; above it the buffer is freed,
+/// so an idle connection holds no read buffer (reads land in the thread's `READ_BUFFER`).
+const KEEP_IDLE_BUFFER: usize = 4 * 1024;
 
 /// Where the next bytes go.
 enum Mode {
@@ -136,17 +140,19 @@ impl FrameSplitter {
         Ok(())
     }
 
-    /// `recv`s from `fd` into the framer's buffer: `Ok(n)` bytes, `Ok(0)` at EOF.
+    /// `recv`s from `fd` into the thread's read buffer and appends what came to the framer
+    /// (no Python object is made): `Ok(n)` bytes, `Ok(0)` at EOF.
     pub(crate) fn receive(&self, py: Python<'_>, fd: RawFd) -> std::io::Result<usize> {
-        let mut state = self.state.borrow_mut(py);
-        let room = state.framer.spare(FRAMED_READ_SIZE);
-        // SAFETY: `room` is a valid writable region of `room.len()` bytes.
-        let n = unsafe { libc::recv(fd, room.as_mut_ptr().cast(), room.len(), 0) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        state.framer.commit(n as usize);
-        Ok(n as usize)
+        READ_BUFFER.with_borrow_mut(|buf| {
+            // SAFETY: `buf` is a valid writable region of `buf.len()` bytes.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let n = n as usize;
+            self.state.borrow_mut(py).framer.extend(&buf[..n]);
+            Ok(n)
+        })
     }
 
     /// Takes the next callback and its argument out of the state.
@@ -205,7 +211,10 @@ impl FrameSplitter {
                 Step::Failed(err) => break Err(framing_error(py, err)),
             }
         };
-        self.state.borrow_mut(py).delivering = false;
+        let mut state = self.state.borrow_mut(py);
+        state.delivering = false;
+        state.framer.release_if_empty(KEEP_IDLE_BUFFER);
+        drop(state);
         result
     }
 }

@@ -12,8 +12,9 @@
 //! mark calls `protocol.pause_writing()`, draining to the low-water mark `resume_writing()`.
 //!
 //! Framed protocols (`ferroloop.framing.ChunkProtocol`): when the protocol carries a
-//! `FrameSplitter`, `_read_ready` `recv`s into the splitter's own buffer and the splitter
-//! calls `on_chunk` once per complete frame; no `bytes` of the whole read is made.
+//! `FrameSplitter`, `_read_ready` `recv`s into the thread's read buffer and hands the
+//! bytes to the splitter, which calls `on_chunk` once per complete frame; no `bytes` of
+//! the whole read is made.
 //! While those frames are delivered the transport is *corked*: `write()` queues, and the
 //! replies to every frame of the read leave together in one `sendmsg` once delivery ends
 //! (a pipelined client costs one send per read, not one per frame). Anything that drops
