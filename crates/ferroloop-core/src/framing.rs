@@ -487,21 +487,38 @@ impl Framer {
     }
 }
 
-/// The position of the first `needle` in `haystack` at or after `from`.
+/// The position of the first `needle` in `haystack` at or after `from`: candidates are
+/// found with `memchr` on the needle's first byte (the C library's vectorised search;
+/// lines of a few KiB are scanned in a fraction of the time a byte loop takes).
 fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     let (&first, rest) = needle.split_first()?;
     let mut at = from;
     while at + needle.len() <= haystack.len() {
-        let candidate = at
-            + haystack[at..=haystack.len() - needle.len()]
-                .iter()
-                .position(|&b| b == first)?;
+        let candidate = at + memchr(first, &haystack[at..=haystack.len() - needle.len()])?;
         if haystack[candidate + 1..candidate + needle.len()] == *rest {
             return Some(candidate);
         }
         at = candidate + 1;
     }
     None
+}
+
+/// The index of the first `byte` in `haystack`.
+fn memchr(byte: u8, haystack: &[u8]) -> Option<usize> {
+    // SAFETY: `haystack` is a valid readable region of `haystack.len()` bytes; memchr
+    // reads at most that many and returns a pointer into it or null.
+    let found = unsafe {
+        libc::memchr(
+            haystack.as_ptr().cast(),
+            libc::c_int::from(byte),
+            haystack.len(),
+        )
+    };
+    if found.is_null() {
+        None
+    } else {
+        Some(found as usize - haystack.as_ptr() as usize)
+    }
 }
 
 #[cfg(test)]
