@@ -742,3 +742,34 @@ def test_memcached_example_with_values_that_hold_crlf(loop):
         b"ERROR",
     ]
     assert store == {b"big": (3, big)}
+
+
+@pytest.mark.parametrize("answer", ["junk", "raise"])
+def test_a_protocol_answering_every_attribute_keeps_the_plain_data_path(loop, answer):
+    """The transport's probe for a framed protocol must not trip over a protocol whose
+    __getattr__ answers everything (as a Mock does) or raises something odd."""
+
+    class Odd(asyncio.Protocol):
+        def __init__(self):
+            self.data = b""
+            self.lost = False
+
+        def data_received(self, data):
+            self.data += data
+
+        def connection_lost(self, exc):
+            self.lost = True
+
+        def __getattr__(self, name):
+            if answer == "raise":
+                raise KeyError(name)
+            return "junk"
+
+    protocol = Odd()
+    near, peer = socket.socketpair()
+    with peer:
+        transport, _ = loop.run_until_complete(loop.connect_accepted_socket(lambda: protocol, near))
+        peer.sendall(b"plain bytes")
+        run_until(loop, lambda: protocol.data == b"plain bytes")
+        transport.close()
+        run_until(loop, lambda: protocol.lost)

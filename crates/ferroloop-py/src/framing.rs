@@ -457,16 +457,16 @@ impl FrameSplitter {
 }
 
 /// The splitter of a protocol that asks for native framing (`ChunkProtocol` sets
-/// `_ferroloop_splitter`), if any.
-pub(crate) fn splitter_of(protocol: &Bound<'_, PyAny>) -> PyResult<Option<Py<FrameSplitter>>> {
+/// `_ferroloop_splitter`), if any. Any other protocol keeps the plain data path, even one
+/// whose `__getattr__` answers everything (a `Mock`) or raises: the probe is ferroloop's,
+/// so its failure must not fail the connection.
+pub(crate) fn splitter_of(protocol: &Bound<'_, PyAny>) -> Option<Py<FrameSplitter>> {
     let py = protocol.py();
-    match protocol.getattr_opt(intern!(py, "_ferroloop_splitter"))? {
-        Some(splitter) => match splitter.cast_into::<FrameSplitter>() {
-            Ok(splitter) => Ok(Some(splitter.unbind())),
-            Err(_) => Err(PyRuntimeError::new_err(
-                "_ferroloop_splitter must be a ferroloop._core.FrameSplitter",
-            )),
-        },
-        None => Ok(None),
+    match protocol.getattr_opt(intern!(py, "_ferroloop_splitter")) {
+        Ok(Some(splitter)) => splitter
+            .cast_into::<FrameSplitter>()
+            .ok()
+            .map(Bound::unbind),
+        Ok(None) | Err(_) => None,
     }
 }

@@ -105,7 +105,7 @@ fn receiver_for(protocol: &Bound<'_, PyAny>) -> PyResult<Receiver> {
             protocol.getattr(intern!(py, "get_buffer"))?.unbind(),
             protocol.getattr(intern!(py, "buffer_updated"))?.unbind(),
         ))
-    } else if let Some(splitter) = splitter_of(protocol)? {
+    } else if let Some(splitter) = splitter_of(protocol) {
         Ok(Receiver::Framed(splitter))
     } else {
         Ok(Receiver::Data(
