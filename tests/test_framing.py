@@ -773,3 +773,59 @@ def test_a_protocol_answering_every_attribute_keeps_the_plain_data_path(loop, an
         run_until(loop, lambda: protocol.data == b"plain bytes")
         transport.close()
         run_until(loop, lambda: protocol.lost)
+
+
+def test_the_same_classes_on_uvloop():
+    """uvloop (when installed, as `tools/dev.py bench` does): frames, raw mode, per-frame
+    pause/resume, a partial frame at EOF and a framed stream, as on the other loops."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        got, raw, lost = [], [], []
+
+        def on_chunk(frame):
+            got.append(frame)
+            if frame == b"pause":
+                protocol.transport.pause_reading()
+                loop.call_later(0.01, protocol.transport.resume_reading)
+            elif frame == b"raw":
+                protocol.set_raw_mode(on_data)
+
+        def on_data(data):
+            raw.append(data)
+            protocol.set_frame_mode(data[3:])
+
+        protocol = ChunkProtocol(Delimiter(b"\n"), on_chunk, on_connection_lost=lost.append)
+        near, peer = socket.socketpair()
+        with peer:
+            await loop.connect_accepted_socket(lambda: protocol, near)
+            peer.sendall(b"a\npause\nb\nraw\nxyzc\nhalf")
+            peer.shutdown(socket.SHUT_WR)
+            while not lost:
+                await asyncio.sleep(0.001)
+        assert got == [b"a", b"pause", b"b", b"raw", b"c"]
+        assert raw == [b"xyzc\nhalf"]
+        assert isinstance(lost[0], asyncio.IncompleteReadError)
+        assert lost[0].partial == b"half"
+
+        async def echo(stream):
+            async for frame in stream:
+                stream.write_frame(frame * 2)
+            stream.close()
+
+        server = await framing.start_server(echo, "127.0.0.1", 0, framer=LengthPrefixed(2))
+        port = server.sockets[0].getsockname()[1]
+        stream = await framing.open_connection("127.0.0.1", port, framer=LengthPrefixed(2))
+        stream.write_frames([b"x", b"yz"])
+        assert [await stream.read_frame(), await stream.read_frame()] == [b"xx", b"yzyz"]
+        stream.close()
+        await stream.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
