@@ -25,7 +25,13 @@ import wheels
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 # Tools the build and the tests need; pinned so a fresh clone builds the same way.
-DEV_REQUIREMENTS = ["maturin>=1.9,<2", "pytest>=8,<10", "ruff==0.14.*", "trustme>=1,<2"]
+DEV_REQUIREMENTS = [
+    "hypothesis==6.170.29",
+    "maturin>=1.9,<2",
+    "pytest>=8,<10",
+    "ruff==0.14.*",
+    "trustme>=1,<2",
+]
 BENCH_REQUIREMENTS = ["uvloop", "matplotlib", "trustme>=1,<2"]
 # Libraries compat/ runs unchanged on ferroloop, in their own venv (their pytest plugins and
 # dependencies stay out of .venv); pinned so that a new release cannot change a CI run.

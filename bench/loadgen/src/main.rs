@@ -55,6 +55,11 @@ usage: loadgen [--mode echo|http|udp] (--addr HOST:PORT | --unix PATH) [options]
   -d, --duration S     measured seconds (default 5)
   -w, --warmup S       unmeasured seconds before (default 1)
   --stall S            a reply outstanding this long is an error (default 5)
+  --frames lines|len4  echo: the payload is --pipeline frames of SIZE bytes, each ending
+                       with a newline or starting with a 4-byte big-endian length (for
+                       framed-protocol servers that echo frame by frame); a request is
+                       the whole batch (default: one unframed SIZE-byte message)
+  --pipeline N         frames per request with --frames (default 1)
   --server-pid PID     also report that process's CPU seconds over the measured window
   --tls                TLS over TCP (echo and http modes); needs the `tls` cargo feature
   --ca FILE            with --tls: PEM file of the CA certificate(s) to trust (required)
@@ -122,6 +127,8 @@ struct Options {
     warmup: f64,
     stall: f64,
     server_pid: Option<u32>,
+    frames: Option<payload::Frames>,
+    pipeline: usize,
 }
 
 /// Parses `1024`, `1k`, `10KiB`, `1m`, `2MiB` (binary multiples).
@@ -200,6 +207,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
         warmup: 1.0,
         stall: 5.0,
         server_pid: None,
+        frames: None,
+        pipeline: 1,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -235,6 +244,14 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
             "-s" | "--size" => options.size = parse_size(&value()?)?,
             "-d" | "--duration" => options.duration = parse_seconds(&name, &value()?)?,
             "-w" | "--warmup" => options.warmup = parse_seconds(&name, &value()?)?,
+            "--frames" => {
+                options.frames = Some(match value()?.as_str() {
+                    "lines" => payload::Frames::Lines,
+                    "len4" => payload::Frames::Len4,
+                    other => return Err(format!("--frames: lines or len4, not {other:?}")),
+                })
+            }
+            "--pipeline" => options.pipeline = parse_count(&name, &value()?, 100_000)?,
             "--stall" => options.stall = parse_seconds(&name, &value()?)?,
             "--tls" if inline.is_some() => return Err("--tls takes no value".into()),
             "--tls" => options.tls = true,
@@ -259,6 +276,16 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
     }
     if options.stall <= 0.0 {
         return Err("--stall must be above 0".into());
+    }
+    if options.frames.is_some() {
+        if options.mode != Mode::Echo {
+            return Err("--frames goes with --mode echo".into());
+        }
+        if options.size < 5 {
+            return Err("--frames needs a size of at least 5 bytes".into());
+        }
+    } else if options.pipeline != 1 {
+        return Err("--pipeline goes with --frames".into());
     }
     if options.mode == Mode::Udp {
         if matches!(options.target, Some(Target::Unix(_))) {
@@ -395,12 +422,15 @@ fn main() -> ExitCode {
     let window_end = window_start + Duration::from_secs_f64(options.duration);
     let config = Arc::new(Config {
         mode: options.mode,
-        size: options.size,
+        size: options.size * options.pipeline,
         stall: Duration::from_secs_f64(options.stall),
         window_start,
         window_end,
     });
-    let pattern = Arc::new(payload::Pattern::new(options.size));
+    let pattern = Arc::new(match options.frames {
+        Some(frames) => payload::Pattern::framed(frames, options.size, options.pipeline),
+        None => payload::Pattern::new(options.size),
+    });
     let mut handles = Vec::new();
     for (index, conns) in per_thread.into_iter().enumerate() {
         let config = Arc::clone(&config);

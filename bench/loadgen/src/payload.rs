@@ -9,10 +9,22 @@
 /// Distinct window offsets; prime, so consecutive requests of a connection never share one.
 const OFFSETS: usize = 251;
 
+/// How a framed echo payload is cut into frames (`--frames`), for framed-protocol servers
+/// that echo each frame as it came: the payload is `pipeline` frames of `frame` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frames {
+    /// Each frame ends with `\n`, which occurs nowhere else.
+    Lines,
+    /// Each frame starts with its remaining length as 4 big-endian bytes.
+    Len4,
+}
+
 /// The pattern every payload is cut from.
 pub struct Pattern {
     bytes: Vec<u8>,
     size: usize,
+    /// Framing applied to each payload and the size of one frame, if any.
+    frames: Option<(Frames, usize)>,
 }
 
 impl Pattern {
@@ -28,7 +40,46 @@ impl Pattern {
                 (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
             })
             .collect();
-        Pattern { bytes, size }
+        Pattern {
+            bytes,
+            size,
+            frames: None,
+        }
+    }
+
+    /// A pattern for payloads of `pipeline` frames of `frame` bytes each, framed by
+    /// `frames` (a frame must have room for its delimiter or its 4-byte header).
+    pub fn framed(frames: Frames, frame: usize, pipeline: usize) -> Pattern {
+        Pattern {
+            frames: Some((frames, frame)),
+            ..Pattern::new(frame * pipeline)
+        }
+    }
+
+    /// Writes the framing over a payload: delimiters (and no stray `\n`) or headers.
+    fn frame(&self, out: &mut [u8]) {
+        let Some((frames, frame)) = self.frames else {
+            return;
+        };
+        for chunk in out.chunks_mut(frame) {
+            match frames {
+                Frames::Lines => {
+                    for byte in chunk.iter_mut() {
+                        if *byte == b'\n' {
+                            *byte = b' ';
+                        }
+                    }
+                    if let Some(last) = chunk.last_mut() {
+                        *last = b'\n';
+                    }
+                }
+                Frames::Len4 => {
+                    let length = (chunk.len().saturating_sub(4) as u32).to_be_bytes();
+                    let n = chunk.len().min(4);
+                    chunk[..n].copy_from_slice(&length[..n]);
+                }
+            }
+        }
     }
 
     /// Writes the payload of request `counter` on connection `conn` into `out`.
@@ -44,6 +95,7 @@ impl Pattern {
         header[4..].copy_from_slice(&counter.to_le_bytes());
         let n = header.len().min(out.len());
         out[..n].copy_from_slice(&header[..n]);
+        self.frame(out);
     }
 }
 
@@ -77,6 +129,19 @@ pub fn verify(sent: &[u8], at: usize, chunk: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn framed_payloads() {
+        let mut out = Vec::new();
+        Pattern::framed(Frames::Lines, 100, 5).fill(10, 10, &mut out);
+        assert_eq!(out.len(), 500);
+        let ends: Vec<usize> = (0..500).filter(|&i| out[i] == b'\n').collect();
+        assert_eq!(ends, vec![99, 199, 299, 399, 499]);
+        Pattern::framed(Frames::Len4, 100, 3).fill(1, 2, &mut out);
+        for frame in out.chunks(100) {
+            assert_eq!(frame[..4], 96u32.to_be_bytes());
+        }
+    }
 
     #[test]
     fn payloads_differ_between_requests_and_connections() {

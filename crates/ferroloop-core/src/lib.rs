@@ -9,6 +9,8 @@
 //! - [`waker::Waker`]: wakes a poller blocked in another thread (eventfd).
 //! - [`timer::TimerHeap`]: deadlines in a binary heap with lazy cancellation.
 //! - [`dns::Resolver`]: `getaddrinfo`/`getnameinfo` on a small worker pool.
+//! - [`framing::Framer`]: splits a byte stream into delimited, length-prefixed or
+//!   fixed-size frames.
 //!
 //! `examples/echo_server.rs` is a TCP echo server built on these pieces alone: the
 //! ceiling against which the Python-facing layers are measured.
@@ -17,6 +19,7 @@
 
 pub mod clock;
 pub mod dns;
+pub mod framing;
 pub mod poll;
 pub mod timer;
 pub mod waker;

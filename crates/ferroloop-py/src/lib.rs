@@ -9,6 +9,7 @@ mod dns;
 mod errors;
 mod event_loop;
 mod fds;
+mod framing;
 mod gil_cell;
 mod handle;
 mod run;
@@ -36,6 +37,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transport::stream::StreamCore>()?;
     m.add_class::<transport::tls_pump::TlsPump>()?;
     m.add_class::<sock_ops::SockOp>()?;
+    m.add_class::<framing::FrameSplitter>()?;
     m.add_class::<transport::pipe::ReadPipeCore>()?;
     m.add_class::<transport::pipe::WritePipeCore>()?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;

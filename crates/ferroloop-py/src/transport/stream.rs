@@ -11,6 +11,16 @@
 //! runs `_write_ready`, which flushes the queue with one `sendmsg`. Crossing the high-water
 //! mark calls `protocol.pause_writing()`, draining to the low-water mark `resume_writing()`.
 //!
+//! Framed protocols (`ferroloop.framing.ChunkProtocol`): when the protocol carries a
+//! `FrameSplitter`, `_read_ready` `recv`s into the thread's read buffer and hands the
+//! bytes to the splitter, which calls `on_chunk` once per complete frame; no `bytes` of
+//! the whole read is made.
+//! While those frames are delivered the transport is *corked*: `write()` queues, and the
+//! replies to every frame of the read leave together in one `sendmsg` once delivery ends
+//! (a pipelined client costs one send per read, not one per frame). Anything that drops
+//! the queue (abort, a fatal error) first tries that send, so what `on_chunk` wrote before
+//! an `abort()` still goes out as it would have at once.
+//!
 //! Semantics follow asyncio's selector transport: the same callbacks in the same order,
 //! the same exceptions and messages. The borrow rule of the loop applies here too: `state`
 //! is never borrowed across a call into Python.
@@ -32,6 +42,7 @@ use super::lifecycle::{
 };
 use super::write_buffer::{send, would_block, WriteBuffer};
 use crate::errors::os_error;
+use crate::framing::{splitter_of, FrameSplitter};
 use crate::gil_cell::GilCell;
 
 /// Bytes one `recv` asks for at most (asyncio's `max_size`).
@@ -49,6 +60,8 @@ enum Receiver {
     Data(Py<PyAny>),
     /// `protocol.get_buffer` and `protocol.buffer_updated`, cached.
     Buffered(Py<PyAny>, Py<PyAny>),
+    /// A framed protocol's splitter: bytes are received into it and split in Rust.
+    Framed(Py<FrameSplitter>),
 }
 
 struct StreamState {
@@ -67,6 +80,9 @@ struct StreamState {
     lifecycle: Lifecycle,
     /// write_eof() was called.
     eof: bool,
+    /// Frames of one read are being delivered: `write()` queues without sending. `Some`
+    /// holds whether the queue was empty (no writer watch) when delivery began.
+    cork: Option<bool>,
     /// Set while `loop.sendfile` owns the socket: resolved when the queue drains, and
     /// write() refuses data meanwhile.
     empty_waiter: Option<Py<PyAny>>,
@@ -92,6 +108,8 @@ fn receiver_for(protocol: &Bound<'_, PyAny>) -> PyResult<Receiver> {
             protocol.getattr(intern!(py, "get_buffer"))?.unbind(),
             protocol.getattr(intern!(py, "buffer_updated"))?.unbind(),
         ))
+    } else if let Some(splitter) = splitter_of(protocol) {
+        Ok(Receiver::Framed(splitter))
     } else {
         Ok(Receiver::Data(
             protocol.getattr(intern!(py, "data_received"))?.unbind(),
@@ -103,6 +121,8 @@ fn receiver_for(protocol: &Bound<'_, PyAny>) -> PyResult<Receiver> {
 enum ReadOutcome {
     Data(Py<PyBytes>),
     Filled(usize),
+    /// Bytes went into a framed protocol's splitter.
+    Received,
     Eof,
     NotReady,
     Failed(std::io::Error),
@@ -130,7 +150,12 @@ impl SocketLifecycle for StreamCore {
     }
 
     fn take_queue(&self, py: Python<'_>) -> WriteBuffer {
-        self.state.borrow_mut(py).buffer.take()
+        let mut state = self.state.borrow_mut(py);
+        if state.cork.is_some() {
+            // What on_chunk wrote would have been sent at once without the cork.
+            let _ = state.buffer.flush(py, self.fd);
+        }
+        state.buffer.take()
     }
 }
 
@@ -168,6 +193,12 @@ impl StreamCore {
                 let n = unsafe { libc::recv(self.fd, room.as_mut_ptr().cast(), room.len(), 0) };
                 Ok(classify(n, ReadOutcome::Filled))
             }
+            Receiver::Framed(splitter) => Ok(match splitter.get().receive(py, self.fd) {
+                Ok(0) => ReadOutcome::Eof,
+                Ok(_) => ReadOutcome::Received,
+                Err(err) if would_block(&err) => ReadOutcome::NotReady,
+                Err(err) => ReadOutcome::Failed(err),
+            }),
         }
     }
 
@@ -296,6 +327,7 @@ impl StreamCore {
                 flow: FlowControl::default(),
                 lifecycle: Lifecycle::default(),
                 eof: false,
+                cork: None,
                 empty_waiter: None,
                 context,
             }),
@@ -332,6 +364,7 @@ impl StreamCore {
                 Some(Receiver::Buffered(g, u)) => {
                     Receiver::Buffered(g.clone_ref(py), u.clone_ref(py))
                 }
+                Some(Receiver::Framed(splitter)) => Receiver::Framed(splitter.clone_ref(py)),
                 None => return Ok(()),
             }
         };
@@ -371,6 +404,25 @@ impl StreamCore {
                     ),
                 }
             }
+            (ReadOutcome::Received, Receiver::Framed(splitter)) => {
+                let was_empty = {
+                    let mut state = this.state.borrow_mut(py);
+                    let was_empty = state.buffer.is_empty();
+                    state.cork = Some(was_empty);
+                    was_empty
+                };
+                let delivered = splitter.get().deliver(py);
+                this.state.borrow_mut(py).cork = None;
+                Self::uncork(slf, was_empty)?;
+                match delivered {
+                    Ok(()) => Ok(()),
+                    Err(err) => Self::fatal_error(
+                        slf,
+                        err,
+                        "Fatal error: protocol.data_received() call failed.",
+                    ),
+                }
+            }
             _ => Ok(()),
         }
     }
@@ -380,7 +432,7 @@ impl StreamCore {
         let py = slf.py();
         let this = slf.get();
         let payload = payload(data)?;
-        let (queue_empty, conn_lost) = {
+        let (queue_empty, conn_lost, corked) = {
             let state = this.state.borrow_mut(py);
             if state.eof {
                 return Err(PyRuntimeError::new_err(
@@ -392,7 +444,11 @@ impl StreamCore {
                     "unable to write; sendfile is in progress",
                 ));
             }
-            (state.buffer.is_empty(), state.lifecycle.conn_lost)
+            (
+                state.buffer.is_empty(),
+                state.lifecycle.conn_lost,
+                state.cork.is_some(),
+            )
         };
         let bytes: &[u8] = match &payload {
             Payload::Shared(b) => b.bind(py).as_bytes(),
@@ -403,6 +459,14 @@ impl StreamCore {
         }
         if conn_lost > 0 {
             return this.count_lost_write(py, conn_lost);
+        }
+        if corked {
+            let mut state = this.state.borrow_mut(py);
+            match &payload {
+                Payload::Shared(b) => state.buffer.push_shared(b.clone_ref(py), bytes.len()),
+                Payload::Copied(v) => state.buffer.push_copy(v),
+            }
+            return Ok(());
         }
         let mut sent = 0;
         if queue_empty {
@@ -485,29 +549,12 @@ impl StreamCore {
             }
         }
         this.maybe_resume_protocol(py)?;
-        let (drained, closing, eof) = {
-            let state = this.state.borrow_mut(py);
-            (state.buffer.is_empty(), state.lifecycle.closing, state.eof)
-        };
+        let drained = this.state.borrow_mut(py).buffer.is_empty();
         if !drained {
             return Ok(());
         }
         this.unwatch(py, intern!(py, "_remove_writer"))?;
-        let waiter = this
-            .state
-            .borrow_mut(py)
-            .empty_waiter
-            .as_ref()
-            .map(|w| w.clone_ref(py));
-        if let Some(waiter) = waiter {
-            settle(py, &waiter, Ok(()))?;
-        }
-        if closing {
-            Self::_call_connection_lost(slf, None)?;
-        } else if eof {
-            this.shutdown_write(py)?;
-        }
-        Ok(())
+        Self::after_drain(slf)
     }
 
     /// Half-closes after the queued output is sent.
@@ -620,6 +667,7 @@ impl StreamCore {
                 visit.call(get_buffer)?;
                 visit.call(updated)?;
             }
+            Some(Receiver::Framed(splitter)) => visit.call(splitter)?,
             None => {}
         }
         Ok(())
@@ -702,6 +750,66 @@ impl StreamCore {
 }
 
 impl StreamCore {
+    /// The queue just drained (writer watch already off): resolve the sendfile waiter,
+    /// then finish a close() or write_eof() that waited for it.
+    fn after_drain(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (waiter, closing, eof) = {
+            let state = this.state.borrow_mut(py);
+            (
+                clone_of(py, &state.empty_waiter),
+                state.lifecycle.closing,
+                state.eof,
+            )
+        };
+        if let Some(waiter) = waiter {
+            settle(py, &waiter, Ok(()))?;
+        }
+        if closing {
+            Self::_call_connection_lost(slf, None)?;
+        } else if eof {
+            this.shutdown_write(py)?;
+        }
+        Ok(())
+    }
+
+    /// Sends what was written while the transport was corked (see the module
+    /// documentation); `was_empty` tells whether the queue was empty when the cork began.
+    /// If it was not, the writer watch is on and flushes it all in order.
+    fn uncork(slf: &Bound<'_, Self>, was_empty: bool) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if !was_empty {
+            return this.maybe_pause_protocol(py);
+        }
+        let outcome = {
+            let mut state = this.state.borrow_mut(py);
+            if state.lifecycle.conn_lost > 0 || state.buffer.is_empty() {
+                return Ok(());
+            }
+            state.buffer.flush(py, this.fd)
+        };
+        match outcome {
+            Ok(_) => {}
+            Err(err) if would_block(&err) => {}
+            Err(err) => {
+                let dropped = this.state.borrow_mut(py).buffer.take();
+                drop(dropped);
+                return Self::fatal_error(
+                    slf,
+                    os_error(err),
+                    "Fatal write error on socket transport",
+                );
+            }
+        }
+        if this.state.borrow_mut(py).buffer.is_empty() {
+            return Self::after_drain(slf);
+        }
+        Self::watch(slf, intern!(py, "_add_writer"), "_write_ready")?;
+        this.maybe_pause_protocol(py)
+    }
+
     fn shutdown_write(&self, py: Python<'_>) -> PyResult<()> {
         let sock = self
             .state

@@ -1,0 +1,472 @@
+//! `FrameSplitter`: the core crate's [`Framer`] with the callbacks that receive its frames,
+//! the engine of `ferroloop.framing.ChunkProtocol`.
+//!
+//! One splitter belongs to one connection. It is driven in one of two ways, with the same
+//! delivery loop ([`FrameSplitter::deliver`]) in both:
+//!
+//! - On any transport (asyncio's, uvloop's, ferroloop's TLS and pipe transports), the
+//!   protocol's `data_received(data)` calls `feed(data)`: the bytes are appended to the
+//!   framer and every complete frame is handed to `on_chunk`.
+//! - On ferroloop's socket transports, `StreamCore` finds the splitter on the protocol and
+//!   `recv`s into the thread's read buffer and appends the bytes to the framer
+//!   ([`FrameSplitter::receive`]), then delivers: no `bytes` of the whole read, one call
+//!   into Python per frame. The framer's buffer holds only what is not yet delivered and
+//!   is freed when empty, so idle connections hold no buffer.
+//!
+//! Delivery stops between two frames when the protocol pauses (`paused`), stops (close,
+//! connection lost, an error) or switches to raw bytes; the bytes still buffered stay in
+//! order for `dispatch()` (after resume_reading) or the raw-mode callback.
+//!
+//! The borrow rule of the loop holds: the state is borrowed to take one frame out as a
+//! new `bytes` and a new reference to its callback, and released before the call.
+
+use std::os::fd::RawFd;
+
+use ferroloop_core::framing::{FrameError, Framer, Framing, LengthField};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::gc::{PyTraverseError, PyVisit};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyBytes;
+
+use crate::gil_cell::GilCell;
+use crate::transport::stream::READ_BUFFER;
+
+/// Buffer room a framer keeps once everything is delivered; above it the buffer is freed,
+/// so an idle connection holds no read buffer (reads land in the thread's `READ_BUFFER`).
+const KEEP_IDLE_BUFFER: usize = 4 * 1024;
+
+/// Where the next bytes go.
+enum Mode {
+    /// Split into frames for `on_chunk`.
+    Frames,
+    /// Handed over as they come, to this callable (`set_raw_mode`).
+    Raw(Py<PyAny>),
+}
+
+struct SplitterState {
+    framer: Framer,
+    on_chunk: Option<Py<PyAny>>,
+    /// The transport's `write`, for `write_chunk`/`write_chunks` (set at connection_made).
+    writer: Option<Py<PyAny>>,
+    mode: Mode,
+    /// The protocol paused reading: no frame is delivered until it is cleared.
+    paused: bool,
+    /// Delivery is over for good (closed, lost, or a framing error).
+    stopped: bool,
+    /// A delivery loop is running; a nested `dispatch()` (from inside a callback) returns
+    /// at once and the running loop picks up whatever changed.
+    delivering: bool,
+}
+
+/// What the delivery loop takes out of the state for one callback.
+enum Step {
+    Call(Py<PyAny>, Py<PyBytes>),
+    Done,
+    Failed(FrameError),
+}
+
+/// A connection's framer and the callbacks its frames and raw bytes go to.
+#[pyclass(module = "ferroloop._core", frozen)]
+pub struct FrameSplitter {
+    state: GilCell<SplitterState>,
+}
+
+/// `ferroloop.framing.<name>`, the exception classes the splitter raises.
+fn framing_error(py: Python<'_>, err: FrameError) -> PyErr {
+    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    let module = match MODULE.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import("ferroloop.framing")?.unbind())
+    }) {
+        Ok(module) => module.bind(py),
+        Err(err) => return err,
+    };
+    let (name, args) = match &err {
+        FrameError::TooLarge { size, max } => (
+            "FrameTooLarge",
+            (err.to_string(), *size, *max)
+                .into_pyobject(py)
+                .map(|t| t.into_any()),
+        ),
+        FrameError::NegativeLength { .. } => (
+            "InvalidFrame",
+            (err.to_string(),).into_pyobject(py).map(|t| t.into_any()),
+        ),
+    };
+    let made = args.and_then(|args| module.getattr(name)?.call1(args.cast_into()?));
+    match made {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(err) => err,
+    }
+}
+
+impl FrameSplitter {
+    /// Appends `data` (bytes, or any buffer) to `out` as one frame.
+    fn encode_into(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        out: &mut Vec<u8>,
+    ) -> PyResult<()> {
+        let copy: Vec<u8>;
+        let payload: &[u8] = match data.cast::<PyBytes>() {
+            Ok(bytes) => bytes.as_bytes(),
+            Err(_) => {
+                copy = pyo3::buffer::PyBuffer::<u8>::get(data)?.to_vec(py)?;
+                &copy
+            }
+        };
+        let state = self.state.borrow_mut(py);
+        state
+            .framer
+            .framing()
+            .encode(payload, state.framer.max_frame_size(), out)
+            .map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+
+    /// Hands `framed` to the writer as one `bytes`.
+    fn send(&self, py: Python<'_>, framed: &[u8]) -> PyResult<()> {
+        let writer = self
+            .state
+            .borrow_mut(py)
+            .writer
+            .as_ref()
+            .map(|w| w.clone_ref(py));
+        let writer = writer.ok_or_else(|| {
+            PyRuntimeError::new_err("no transport to write to (not connected, or a read pipe)")
+        })?;
+        writer.call1(py, (PyBytes::new(py, framed),))?;
+        Ok(())
+    }
+
+    /// `recv`s from `fd` into the thread's read buffer and appends what came to the framer
+    /// (no Python object is made): `Ok(n)` bytes, `Ok(0)` at EOF.
+    pub(crate) fn receive(&self, py: Python<'_>, fd: RawFd) -> std::io::Result<usize> {
+        READ_BUFFER.with_borrow_mut(|buf| {
+            // SAFETY: `buf` is a valid writable region of `buf.len()` bytes.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let n = n as usize;
+            self.state.borrow_mut(py).framer.extend(&buf[..n]);
+            Ok(n)
+        })
+    }
+
+    /// Takes the next callback and its argument out of the state.
+    fn next_step(&self, py: Python<'_>) -> Step {
+        let mut state = self.state.borrow_mut(py);
+        if state.paused || state.stopped {
+            return Step::Done;
+        }
+        let state = &mut *state;
+        match &state.mode {
+            Mode::Raw(on_data) => {
+                if state.framer.is_empty() {
+                    return Step::Done;
+                }
+                let on_data = on_data.clone_ref(py);
+                Step::Call(
+                    on_data,
+                    PyBytes::new(py, state.framer.take_buffered()).unbind(),
+                )
+            }
+            Mode::Frames => {
+                let Some(on_chunk) = state.on_chunk.as_ref().map(|c| c.clone_ref(py)) else {
+                    return Step::Done;
+                };
+                match state.framer.next_frame() {
+                    Ok(Some(frame)) => Step::Call(on_chunk, PyBytes::new(py, frame).unbind()),
+                    Ok(None) => Step::Done,
+                    Err(err) => {
+                        state.stopped = true;
+                        Step::Failed(err)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands every complete frame (or, in raw mode, every buffered byte) to its callback,
+    /// until none is left or delivery is paused or stopped. An exception from a callback,
+    /// or a framing error, stops this delivery and propagates.
+    pub(crate) fn deliver(&self, py: Python<'_>) -> PyResult<()> {
+        {
+            let mut state = self.state.borrow_mut(py);
+            if state.delivering {
+                return Ok(());
+            }
+            state.delivering = true;
+        }
+        let result = loop {
+            match self.next_step(py) {
+                Step::Call(callback, arg) => {
+                    if let Err(err) = callback.call1(py, (arg,)) {
+                        break Err(err);
+                    }
+                }
+                Step::Done => break Ok(()),
+                Step::Failed(err) => break Err(framing_error(py, err)),
+            }
+        };
+        let mut state = self.state.borrow_mut(py);
+        state.delivering = false;
+        state.framer.release_if_empty(KEEP_IDLE_BUFFER);
+        drop(state);
+        result
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn framing_from_args(
+    delimiter: Option<Vec<u8>>,
+    keep: bool,
+    length_size: Option<usize>,
+    big_endian: bool,
+    offset: usize,
+    adjustment: i64,
+    strip: Option<usize>,
+    fixed_size: Option<usize>,
+) -> PyResult<Framing> {
+    match (delimiter, length_size, fixed_size) {
+        (Some(delimiter), None, None) => Ok(Framing::Delimiter { delimiter, keep }),
+        (None, Some(size), None) => Ok(Framing::LengthPrefixed(LengthField {
+            offset,
+            size,
+            big_endian,
+            adjustment,
+            strip: strip.unwrap_or(offset + size),
+        })),
+        (None, None, Some(n)) => Ok(Framing::FixedSize(n)),
+        _ => Err(PyValueError::new_err(
+            "give exactly one of delimiter, length_size and fixed_size",
+        )),
+    }
+}
+
+#[pymethods]
+impl FrameSplitter {
+    /// `FrameSplitter(on_chunk, max_frame_size, *, delimiter=None, keep=False,
+    /// length_size=None, big_endian=True, offset=0, adjustment=0, strip=None,
+    /// fixed_size=None)`: exactly one of `delimiter`, `length_size`, `fixed_size`.
+    #[new]
+    #[pyo3(signature = (on_chunk, max_frame_size, *, delimiter = None, keep = false,
+        length_size = None, big_endian = true, offset = 0, adjustment = 0, strip = None,
+        fixed_size = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn py_new(
+        on_chunk: Py<PyAny>,
+        max_frame_size: usize,
+        delimiter: Option<Vec<u8>>,
+        keep: bool,
+        length_size: Option<usize>,
+        big_endian: bool,
+        offset: usize,
+        adjustment: i64,
+        strip: Option<usize>,
+        fixed_size: Option<usize>,
+    ) -> PyResult<Self> {
+        let framing = framing_from_args(
+            delimiter,
+            keep,
+            length_size,
+            big_endian,
+            offset,
+            adjustment,
+            strip,
+            fixed_size,
+        )?;
+        let framer =
+            Framer::new(framing, max_frame_size).map_err(|e| PyValueError::new_err(e.0))?;
+        Ok(FrameSplitter {
+            state: GilCell::new(SplitterState {
+                framer,
+                on_chunk: Some(on_chunk),
+                writer: None,
+                mode: Mode::Frames,
+                paused: false,
+                stopped: false,
+                delivering: false,
+            }),
+        })
+    }
+
+    /// Appends `data` (bytes-like) and delivers what is complete.
+    fn feed(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        {
+            let mut state = self.state.borrow_mut(py);
+            if state.stopped {
+                return Ok(());
+            }
+            if let Ok(bytes) = data.cast::<PyBytes>() {
+                state.framer.extend(bytes.as_bytes());
+            } else {
+                drop(state);
+                let copy: Vec<u8> = data.extract().or_else(|_| {
+                    py.import("builtins")?
+                        .getattr("bytes")?
+                        .call1((data,))?
+                        .extract()
+                })?;
+                self.state.borrow_mut(py).framer.extend(&copy);
+            }
+        }
+        self.deliver(py)
+    }
+
+    /// Delivers the frames already buffered (after resume_reading or a mode switch).
+    fn dispatch(&self, py: Python<'_>) -> PyResult<()> {
+        self.deliver(py)
+    }
+
+    /// True while delivery is paused.
+    #[getter]
+    fn get_paused(&self, py: Python<'_>) -> bool {
+        self.state.borrow_mut(py).paused
+    }
+
+    /// Pauses (True) or allows (False) delivery between frames.
+    #[setter]
+    fn set_paused(&self, py: Python<'_>, paused: bool) {
+        self.state.borrow_mut(py).paused = paused;
+    }
+
+    /// True while a delivery loop runs (a callback is being called).
+    #[getter]
+    fn delivering(&self, py: Python<'_>) -> bool {
+        self.state.borrow_mut(py).delivering
+    }
+
+    /// True once delivery stopped for good.
+    #[getter]
+    fn stopped(&self, py: Python<'_>) -> bool {
+        self.state.borrow_mut(py).stopped
+    }
+
+    /// Ends delivery for good and drops the callbacks (close, connection lost). The writer
+    /// stays: a write after the end goes to the transport, which handles it as asyncio's
+    /// transports do.
+    fn stop(&self, py: Python<'_>) {
+        let released = {
+            let mut state = self.state.borrow_mut(py);
+            state.stopped = true;
+            (
+                state.on_chunk.take(),
+                std::mem::replace(&mut state.mode, Mode::Frames),
+            )
+        };
+        drop(released);
+    }
+
+    /// Sets the callable `write_chunk` and `write_chunks` hand the framed bytes to.
+    fn set_writer(&self, py: Python<'_>, write: Py<PyAny>) {
+        let old = self.state.borrow_mut(py).writer.replace(write);
+        drop(old);
+    }
+
+    /// `data` (bytes-like) framed: with the delimiter or the length field added.
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let mut out = Vec::new();
+        self.encode_into(py, data, &mut out)?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// Sends `data` as one frame through the writer.
+    fn write_chunk(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut out = Vec::new();
+        self.encode_into(py, data, &mut out)?;
+        self.send(py, &out)
+    }
+
+    /// Sends every item of `frames` as a frame, all in one write.
+    fn write_chunks(&self, py: Python<'_>, frames: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut out = Vec::new();
+        for data in frames.try_iter()? {
+            self.encode_into(py, &data?, &mut out)?;
+        }
+        self.send(py, &out)
+    }
+
+    /// From now on, bytes (those buffered first) go to `on_data` as they come.
+    fn set_raw(&self, py: Python<'_>, on_data: Py<PyAny>) {
+        let old = std::mem::replace(&mut self.state.borrow_mut(py).mode, Mode::Raw(on_data));
+        drop(old);
+    }
+
+    /// Back to frames; `extra` (bytes the raw reader did not consume) is split first.
+    /// Returns True when frames may be waiting and no delivery loop runs to take them.
+    #[pyo3(signature = (extra = None))]
+    fn set_frames(&self, py: Python<'_>, extra: Option<&[u8]>) -> bool {
+        let (old, idle) = {
+            let mut state = self.state.borrow_mut(py);
+            if let Some(extra) = extra {
+                state.framer.unread(extra);
+            }
+            let old = std::mem::replace(&mut state.mode, Mode::Frames);
+            (old, !state.delivering && !state.framer.is_empty())
+        };
+        drop(old);
+        idle
+    }
+
+    /// True in raw mode.
+    #[getter]
+    fn raw(&self, py: Python<'_>) -> bool {
+        matches!(self.state.borrow_mut(py).mode, Mode::Raw(_))
+    }
+
+    /// The bytes buffered and not delivered (a partial frame, or frames held back).
+    fn pending<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let state = self.state.borrow_mut(py);
+        PyBytes::new(py, state.framer.buffered())
+    }
+
+    /// The length of the frame being received, when the buffered bytes tell it.
+    fn expected(&self, py: Python<'_>) -> Option<usize> {
+        self.state.borrow_mut(py).framer.expected()
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(state) = self.state.try_borrow_in_gc() else {
+            return Ok(());
+        };
+        visit.call(&state.on_chunk)?;
+        visit.call(&state.writer)?;
+        if let Mode::Raw(on_data) = &state.mode {
+            visit.call(on_data)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let released = self.state.try_borrow_in_gc().map(|mut state| {
+            (
+                state.on_chunk.take(),
+                state.writer.take(),
+                std::mem::replace(&mut state.mode, Mode::Frames),
+            )
+        });
+        drop(released);
+    }
+}
+
+/// The splitter of a protocol that asks for native framing (`ChunkProtocol` sets
+/// `_ferroloop_splitter`), if any. Any other protocol keeps the plain data path, even one
+/// whose `__getattr__` answers everything (a `Mock`) or raises: the probe is ferroloop's,
+/// so its failure must not fail the connection.
+pub(crate) fn splitter_of(protocol: &Bound<'_, PyAny>) -> Option<Py<FrameSplitter>> {
+    let py = protocol.py();
+    match protocol.getattr_opt(intern!(py, "_ferroloop_splitter")) {
+        Ok(Some(splitter)) => splitter
+            .cast_into::<FrameSplitter>()
+            .ok()
+            .map(Bound::unbind),
+        Ok(None) | Err(_) => None,
+    }
+}
