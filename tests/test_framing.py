@@ -829,3 +829,105 @@ def test_the_same_classes_on_uvloop():
         loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+# Subprocess pipes: loop.subprocess_exec with a SubprocessChunkProtocol.
+
+CHILD_WRITES = (
+    "import os, sys, time\n"
+    "for piece in (b'one\\ntw', b'o\\nthree\\nfo', b'ur\\n'):\n"
+    "    os.write(1, piece); time.sleep(0.02)\n"
+    "os.write(2, b'err\\npartial')\n"
+)
+
+
+def test_subprocess_output_is_framed_per_pipe(loop):
+    frames, eofs, exits = [], [], []
+
+    async def main():
+        done = loop.create_future()
+        transport, protocol = await loop.subprocess_exec(
+            lambda: framing.SubprocessChunkProtocol(
+                Delimiter(b"\n"),
+                lambda fd, frame: frames.append((fd, frame)),
+                on_eof=lambda fd, error: eofs.append((fd, error)),
+                on_exit=lambda code: (exits.append(code), done.set_result(None)),
+            ),
+            sys.executable,
+            "-c",
+            CHILD_WRITES,
+            stdin=None,
+        )
+        await asyncio.wait_for(done, 30)
+        transport.close()
+
+    loop.run_until_complete(main())
+    assert [f for f in frames if f[0] == 1] == [
+        (1, b"one"),
+        (1, b"two"),
+        (1, b"three"),
+        (1, b"four"),
+    ]
+    assert [f for f in frames if f[0] == 2] == [(2, b"err")]
+    errors = dict(eofs)
+    assert errors[1] is None
+    assert isinstance(errors[2], asyncio.IncompleteReadError)
+    assert errors[2].partial == b"partial"
+    assert exits == [0]
+
+
+def test_subprocess_write_chunk_reaches_the_child_framed(loop):
+    echo = "import sys\ndata = sys.stdin.buffer.read()\nsys.stdout.buffer.write(data.upper())\n"
+    frames = []
+
+    async def main():
+        done = loop.create_future()
+        transport, protocol = await loop.subprocess_exec(
+            lambda: framing.SubprocessChunkProtocol(
+                LengthPrefixed(4),
+                lambda fd, frame: frames.append(frame),
+                on_exit=lambda code: done.set_result(code),
+            ),
+            sys.executable,
+            "-c",
+            echo,
+        )
+        protocol.write_chunk(b"hello")
+        protocol.write_chunk(b"framed world")
+        transport.get_pipe_transport(0).close()
+        code = await asyncio.wait_for(done, 30)
+        transport.close()
+        return code
+
+    assert loop.run_until_complete(main()) == 0
+    assert frames == [b"HELLO", b"FRAMED WORLD"]
+
+
+def test_subprocess_oversized_frame_closes_that_pipe_as_a_fatal_error(loop, exc_handler):
+    eofs = []
+    child = "import os; os.write(1, b'ok\\n' + b'x' * 100 + b'\\n')"
+
+    async def main():
+        done = loop.create_future()
+        transport, _ = await loop.subprocess_exec(
+            lambda: framing.SubprocessChunkProtocol(
+                Delimiter(b"\n", max_frame_size=10),
+                lambda fd, frame: eofs.append(("frame", frame)),
+                on_eof=lambda fd, error: eofs.append((fd, error)),
+                on_exit=lambda code: done.set_result(code),
+            ),
+            sys.executable,
+            "-c",
+            child,
+            stdin=None,
+            stderr=None,
+        )
+        code = await asyncio.wait_for(done, 30)
+        transport.close()
+        return code
+
+    loop.run_until_complete(main())
+    assert eofs[0] == ("frame", b"ok")
+    fd, error = eofs[1]
+    assert fd == 1 and isinstance(error, FrameTooLarge)
+    assert exc_handler.pop_one()["exception"] is error

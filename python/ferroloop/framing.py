@@ -45,6 +45,7 @@ __all__ = [
     "FramedTransport",
     "InvalidFrame",
     "LengthPrefixed",
+    "SubprocessChunkProtocol",
     "open_connection",
     "open_unix_connection",
     "start_server",
@@ -425,6 +426,88 @@ class ChunkProtocol(asyncio.Protocol):
             return
         if not self._splitter.paused:
             transport.resume_reading()
+
+
+class SubprocessChunkProtocol(asyncio.SubprocessProtocol):
+    """A subprocess protocol whose child's output is framed: `on_chunk(fd, frame)` once
+    per complete frame of its stdout (fd 1) or stderr (fd 2), each pipe split on its own
+    by `framer`. `write_chunk(data)` sends one frame to the child's stdin.
+
+    `on_eof(fd, error)` is called when a pipe closes, with None or with the
+    `IncompleteReadError` of a partial frame; `on_exit(returncode)` when the process has
+    exited and every pipe has closed (`connection_lost`). An exception from `on_chunk`,
+    or an oversized frame (`FrameTooLarge`), is a fatal error of that pipe, as one from a
+    socket's `data_received`: the exception handler is called, the pipe is closed, and
+    `on_eof` gets the exception. Pause a pipe with `get_pipe_transport(fd).pause_reading()`.
+    """
+
+    def __init__(self, framer, on_chunk, *, on_eof=None, on_exit=None):
+        if not isinstance(framer, _Framer):
+            raise TypeError("framer must be a Delimiter, LengthPrefixed or FixedSize")
+        self.framer = framer
+        self._on_chunk = on_chunk
+        self._on_eof = on_eof
+        self._on_exit = on_exit
+        self._splitters = {}
+        # fd -> the exception that ended a pipe's framing, reported when it closes.
+        self._errors = {}
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def _splitter_of(self, fd):
+        splitter = self._splitters.get(fd)
+        if splitter is None:
+            on_chunk = self._on_chunk
+            splitter = self.framer._splitter(lambda frame: on_chunk(fd, frame))
+            self._splitters[fd] = splitter
+        return splitter
+
+    def pipe_data_received(self, fd, data):
+        splitter = self._splitter_of(fd)
+        if splitter.stopped:
+            return
+        try:
+            splitter.feed(data)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fail(fd, exc)
+
+    def _fail(self, fd, exc):
+        pipe = self.transport.get_pipe_transport(fd)
+        asyncio.get_running_loop().call_exception_handler(
+            {
+                "message": "Fatal error: protocol.pipe_data_received() call failed.",
+                "exception": exc,
+                "transport": pipe,
+                "protocol": self,
+            }
+        )
+        self._errors[fd] = exc
+        self._splitters[fd].stop()
+        if pipe is not None:
+            pipe.close()  # a read pipe has no abort(); it has nothing queued to lose
+
+    def pipe_connection_lost(self, fd, exc):
+        splitter = self._splitters.get(fd)
+        error = self._errors.pop(fd, None)
+        if splitter is not None and not splitter.stopped:
+            partial = splitter.pending()
+            if partial and exc is None:
+                error = asyncio.IncompleteReadError(partial, splitter.expected())
+            splitter.stop()
+        if fd != 0 and self._on_eof is not None:
+            self._on_eof(fd, exc or error)
+
+    def connection_lost(self, exc):
+        if self._on_exit is not None:
+            self._on_exit(self.transport.get_returncode())
+
+    def write_chunk(self, data):
+        """Sends `data` to the child's stdin as one frame."""
+        self.transport.get_pipe_transport(0).write(self.framer.encode(data))
 
 
 class FramedStream:
