@@ -9,6 +9,9 @@
 //! - [`waker::Waker`]: wakes a poller blocked in another thread (eventfd).
 //! - [`timer::TimerHeap`]: deadlines in a binary heap with lazy cancellation.
 //! - [`dns::Resolver`]: `getaddrinfo`/`getnameinfo` on a small worker pool.
+//! - [`stall::Watchdog`]: a thread that reports a loop stuck in its callbacks while it
+//!   is still stuck, from a stamp the loop writes once per iteration.
+//! - [`histogram::Histogram`]: log-linear duration counts (the loop's lag).
 //!
 //! `examples/echo_server.rs` is a TCP echo server built on these pieces alone: the
 //! ceiling against which the Python-facing layers are measured.
@@ -17,6 +20,8 @@
 
 pub mod clock;
 pub mod dns;
+pub mod histogram;
 pub mod poll;
+pub mod stall;
 pub mod timer;
 pub mod waker;
