@@ -21,6 +21,8 @@ from ._running import RunningMixin
 from ._sendfile import SendfileMixin
 from ._signals import SignalsMixin
 from ._sockets import SocketsMixin
+from ._stall import StallMixin
+from ._stats import StatsMixin
 from ._subprocess import SubprocessMixin
 from ._tasks import TasksMixin
 from ._tls import TlsMixin
@@ -57,6 +59,8 @@ class Loop(
     DatagramMixin,
     PipesMixin,
     SubprocessMixin,
+    StallMixin,
+    StatsMixin,
     asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop whose engine is Rust. Create it with `new_event_loop()`."""
@@ -74,6 +78,7 @@ class Loop(
         self._init_signals()
         self._init_subprocesses()
         self.set_debug(_debug_from_environment())
+        self._init_stall_from_environment()
 
     def add_reader(self, fd, callback, *args):
         """Calls `callback(*args)` whenever `fd` is readable (level-triggered)."""
@@ -124,7 +129,8 @@ class Loop(
         if not sys.is_finalizing():
             self._close_signals()
         self._close_subprocesses()
-        self._close_core()
+        self._stall_watch = None
+        self._close_core()  # stops the stall watchdog and waits for its thread
         self._abandon_spawns()
         self._shutdown_executor_nowait()
 

@@ -5,7 +5,7 @@
 //! does). Cancelling drops the callback and arguments at once, so a cancelled timer that
 //! is still in the heap holds no user objects.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pyo3::gc::{PyTraverseError, PyVisit};
@@ -28,6 +28,9 @@ pub struct Handle {
     cancelled: AtomicBool,
     /// asyncio's `_source_traceback`, filled by the Python layer in debug mode.
     source_traceback: GilCell<Option<Py<PyAny>>>,
+    /// When `call_soon` queued it (clock ns), for the handles the loop samples for its
+    /// lag histogram; 0 for the others.
+    queued_ns: AtomicI64,
 }
 
 impl Handle {
@@ -47,6 +50,7 @@ impl Handle {
             context,
             cancelled: AtomicBool::new(false),
             source_traceback: GilCell::new(None),
+            queued_ns: AtomicI64::new(0),
         })
     }
 
@@ -54,6 +58,18 @@ impl Handle {
     #[inline]
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Records when the handle was queued (only sampled handles are stamped).
+    #[inline]
+    pub fn mark_queued(&self, now_ns: i64) {
+        self.queued_ns.store(now_ns, Ordering::Relaxed);
+    }
+
+    /// When the handle was queued, if it was sampled for the lag histogram (else 0).
+    #[inline]
+    pub fn queued_ns(&self) -> i64 {
+        self.queued_ns.load(Ordering::Relaxed)
     }
 
     /// Runs the callback inside its context. A cancelled handle does nothing.

@@ -41,6 +41,9 @@ impl EventLoop {
                 break Ok(());
             }
         };
+        let now = clock::now_ns();
+        this.stall.enter_poller(now);
+        this.state.borrow_mut(slf.py()).counters.stop_running(now);
         this.stopping.store(false, Ordering::Relaxed);
         this.running.store(false, Ordering::Relaxed);
         result
@@ -50,7 +53,11 @@ impl EventLoop {
 fn run_once(slf: &Bound<'_, EventLoop>, events: &mut Events) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
-    let (wait, poller) = plan_wait(py, this);
+    // Back at the poller: the stall watchdog and the counters see one stamp per
+    // iteration on each side of the poll, never one per callback.
+    let polled_at = clock::now_ns();
+    this.stall.enter_poller(polled_at);
+    let (wait, poller) = plan_wait(py, this, polled_at);
     let polled = match (wait, poller) {
         (Wait::NoWait { any_fds: false }, _) | (_, None) => false,
         (Wait::NoWait { any_fds: true }, Some(poller)) => {
@@ -62,28 +69,33 @@ fn run_once(slf: &Bound<'_, EventLoop>, events: &mut Events) -> PyResult<()> {
             collect(py, outcome)?
         }
     };
+    let woke_at = clock::now_ns();
+    this.stall.enter_callbacks(woke_at);
     if polled {
         dispatch_io(py, this, events);
     }
     if this.dns_pending.swap(false, Ordering::Relaxed) {
         crate::dns::deliver_answers(slf)?;
     }
-    move_due_timers(py, this);
+    move_due_timers(py, this, polled_at, woke_at);
     run_ready(slf)
 }
 
 /// Decides how long to wait; sets `polling` when the loop will sleep (see its doc).
-fn plan_wait(py: Python<'_>, this: &EventLoop) -> (Wait, Option<Arc<Poller>>) {
+/// `now` is the clock reading taken at the start of the iteration.
+fn plan_wait(py: Python<'_>, this: &EventLoop, now: i64) -> (Wait, Option<Arc<Poller>>) {
     let mut state = this.state.borrow_mut(py);
+    state.counters.start_iteration(now);
     let newly_cancelled = this.cancelled_timers.swap(0, Ordering::Relaxed);
     state.timers.note_cancelled(newly_cancelled);
+    state.counters.timers_cancelled += newly_cancelled as u64;
     let poller = state.poller.clone();
     if !state.ready.is_empty() || this.stopping.load(Ordering::Relaxed) {
         let any_fds = !state.fds.is_empty();
         return (Wait::NoWait { any_fds }, poller);
     }
     let timeout = state.timers.peek().map(|(deadline, _)| {
-        let remaining = deadline.saturating_sub(clock::now_ns()).max(0) as u64;
+        let remaining = deadline.saturating_sub(now).max(0) as u64;
         Duration::from_nanos(remaining).min(MAX_POLL_TIMEOUT)
     });
     if timeout == Some(Duration::ZERO) {
@@ -121,6 +133,7 @@ fn dispatch_io(py: Python<'_>, this: &EventLoop, events: &Events) {
                 }
                 continue;
             }
+            state.counters.io_events += 1;
             let fd = event.token as i32;
             let Some(watch) = state.fds.get_mut(&fd) else {
                 continue;
@@ -149,11 +162,14 @@ fn dispatch_io(py: Python<'_>, this: &EventLoop, events: &Events) {
 }
 
 /// Moves every timer due within the clock's resolution to the ready queue, dropping
-/// cancelled ones; compacts the heap when cancelled timers dominate it.
-fn move_due_timers(py: Python<'_>, this: &EventLoop) {
+/// cancelled ones; compacts the heap when cancelled timers dominate it. `now` is the
+/// clock when the poller returned (asyncio reads it there too), `polled_at` when the
+/// iteration began.
+fn move_due_timers(py: Python<'_>, this: &EventLoop, polled_at: i64, now: i64) {
     let mut dead: Vec<Py<TimerHandle>> = Vec::new();
     {
         let mut state = this.state.borrow_mut(py);
+        state.counters.end_poll(polled_at, now);
         if state.timers.should_compact() {
             dead = state
                 .timers
@@ -167,7 +183,7 @@ fn move_due_timers(py: Python<'_>, this: &EventLoop) {
             drop(dead);
             return;
         }
-        let end = clock::now_ns().saturating_add(this.clock_resolution_ns);
+        let end = now.saturating_add(this.clock_resolution_ns);
         while let Some((deadline, _)) = state.timers.peek() {
             if deadline >= end {
                 break;
@@ -182,6 +198,7 @@ fn move_due_timers(py: Python<'_>, this: &EventLoop) {
             } else {
                 let handle = timer.into_bound(py).into_super().unbind();
                 state.ready.push_back(handle);
+                state.counters.timers_fired += 1;
             }
         }
     }
@@ -196,16 +213,32 @@ fn run_ready(slf: &Bound<'_, EventLoop>) -> PyResult<()> {
     let this = slf.get();
     let count = this.state.borrow_mut(py).ready.len();
     for _ in 0..count {
-        let Some(handle) = this.state.borrow_mut(py).ready.pop_front() else {
-            break;
+        let handle = {
+            let mut state = this.state.borrow_mut(py);
+            let Some(handle) = state.ready.pop_front() else {
+                break;
+            };
+            state.counters.popped += 1;
+            let queued = handle.get().queued_ns();
+            if queued != 0 {
+                let lag = clock::now_ns().saturating_sub(queued).max(0) as u64;
+                state.counters.lag.record(lag);
+            }
+            handle
         };
         let h = handle.get();
         if h.is_cancelled() {
+            this.state.borrow_mut(py).counters.skipped += 1;
             continue;
         }
         let debug = this.debug.load(Ordering::Relaxed);
         let started = if debug { clock::now_ns() } else { 0 };
-        if let Err(err) = h.run(py) {
+        // For stall reports: the handle stays referenced by `handle` until this is cleared.
+        this.current_handle
+            .store(handle.as_ptr() as usize, Ordering::Relaxed);
+        let outcome = h.run(py);
+        this.current_handle.store(0, Ordering::Relaxed);
+        if let Err(err) = outcome {
             report_callback_error(slf, &handle, err)?;
         }
         if debug {

@@ -33,6 +33,7 @@ use super::lifecycle::{
 use super::write_buffer::{send, would_block, WriteBuffer};
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
+use crate::stats::{IoStats, OpenTransport, TransportKind};
 
 /// Bytes one `recv` asks for at most (asyncio's `max_size`).
 const MAX_READ_SIZE: usize = 256 * 1024;
@@ -70,12 +71,16 @@ struct StreamState {
     /// Set while `loop.sendfile` owns the socket: resolved when the queue drains, and
     /// write() refuses data meanwhile.
     empty_waiter: Option<Py<PyAny>>,
+    /// Counts the transport as open in its loop's `stats()` until connection_lost.
+    open: Option<OpenTransport>,
 }
 
 /// The Rust half of a socket stream transport.
 #[pyclass(module = "ferroloop._core", frozen)]
 pub struct StreamCore {
     fd: RawFd,
+    /// The loop's byte counters (None for a loop that is not ferroloop's).
+    io: Option<std::sync::Arc<IoStats>>,
     state: GilCell<StreamState>,
 }
 
@@ -148,6 +153,7 @@ impl StreamCore {
             Receiver::Data(_) => Ok(READ_BUFFER.with_borrow_mut(|buf| {
                 // SAFETY: `buf` is a valid writable region of `buf.len()` bytes.
                 let n = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                self.count_read(n);
                 classify(n, |n| {
                     ReadOutcome::Data(PyBytes::new(py, &buf[..n]).unbind())
                 })
@@ -163,6 +169,7 @@ impl StreamCore {
                 }
                 // SAFETY: `room` is a valid writable region of `room.len()` bytes.
                 let n = unsafe { libc::recv(self.fd, room.as_mut_ptr().cast(), room.len(), 0) };
+                self.count_read(n);
                 Ok(classify(n, ReadOutcome::Filled))
             }
         }
@@ -279,8 +286,10 @@ impl StreamCore {
     ) -> PyResult<Self> {
         let fd: RawFd = sock.call_method0("fileno")?.extract()?;
         let receiver = receiver_for(&protocol)?;
+        let open = OpenTransport::register(event_loop.bind(sock.py()), TransportKind::Stream);
         Ok(StreamCore {
             fd,
+            io: open.as_ref().map(|o| o.io_arc()),
             state: GilCell::new(StreamState {
                 sock: Some(sock.unbind()),
                 owner: Some(owner),
@@ -293,6 +302,7 @@ impl StreamCore {
                 lifecycle: Lifecycle::default(),
                 eof: false,
                 empty_waiter: None,
+                open,
             }),
         })
     }
@@ -402,7 +412,10 @@ impl StreamCore {
         let mut sent = 0;
         if queue_empty {
             match send(this.fd, bytes) {
-                Ok(n) => sent = n,
+                Ok(n) => {
+                    sent = n;
+                    this.count_written(n);
+                }
                 Err(err) if would_block(&err) => {}
                 Err(err) => {
                     return Self::fatal_error(
@@ -461,7 +474,7 @@ impl StreamCore {
             state.buffer.flush(py, this.fd)
         };
         match outcome {
-            Ok(_) => {}
+            Ok(n) => this.count_written(n),
             Err(err) if would_block(&err) => return Ok(()),
             Err(err) => {
                 let (dropped, waiter) = {
@@ -579,6 +592,8 @@ impl StreamCore {
                 state.owner.take(),
             )
         };
+        let open = this.state.borrow_mut(py).open.take();
+        drop(open);
         let (sock, protocol, receiver, event_loop, server, owner) = released;
         let closed = match &sock {
             Some(sock) => sock.call_method0(py, intern!(py, "close")).map(drop),
@@ -707,5 +722,23 @@ impl StreamCore {
             sock.call_method1(py, "shutdown", (shut_wr,))?;
         }
         Ok(())
+    }
+}
+
+impl StreamCore {
+    /// Counts what a `recv` returned (nothing for an error or EOF).
+    #[inline]
+    fn count_read(&self, n: isize) {
+        if let (Some(io), true) = (&self.io, n > 0) {
+            io.read(n as usize);
+        }
+    }
+
+    /// Counts bytes the socket accepted.
+    #[inline]
+    pub(crate) fn count_written(&self, n: usize) {
+        if let Some(io) = &self.io {
+            io.written(n);
+        }
     }
 }
