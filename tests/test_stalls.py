@@ -290,3 +290,29 @@ def test_invalid_threshold_is_refused(floop):
     floop.close()
     with pytest.raises(RuntimeError):
         floop.set_stall_handler(1.0, Recorder())
+
+
+def test_handler_may_turn_reporting_off_or_replace_itself(floop):
+    before = _watchdog_threads()
+    rec = Recorder()
+
+    def first(report):
+        floop.set_stall_handler(None)  # from the watchdog thread itself: must not deadlock
+        rec(report)
+
+    floop.set_stall_handler(THRESHOLD, first)
+    floop.call_soon(time.sleep, 0.2)
+    floop.call_soon(floop.stop)
+    floop.run_forever()
+    assert rec.event.wait(10)
+    floop.set_stall_handler(THRESHOLD, rec)  # a new watchdog; the old one stays stopped
+    floop.call_soon(time.sleep, 0.2)
+    floop.call_soon(floop.stop)
+    floop.run_forever()
+    rec.wait_end()
+    assert [r.ended for r in rec.reports] == [False, False, True]
+    floop.set_stall_handler(None)
+    deadline = time.monotonic() + 10
+    while _watchdog_threads() > before and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert _watchdog_threads() == before

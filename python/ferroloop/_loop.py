@@ -10,7 +10,7 @@ import warnings
 import weakref
 from asyncio import coroutines
 
-from . import _core
+from . import _core, _stall, _stats
 from ._connections import ConnectionsMixin
 from ._datagram import DatagramMixin
 from ._dns import DnsMixin
@@ -21,8 +21,6 @@ from ._running import RunningMixin
 from ._sendfile import SendfileMixin
 from ._signals import SignalsMixin
 from ._sockets import SocketsMixin
-from ._stall import StallMixin
-from ._stats import StatsMixin
 from ._subprocess import SubprocessMixin
 from ._tasks import TasksMixin
 from ._tls import TlsMixin
@@ -59,11 +57,17 @@ class Loop(
     DatagramMixin,
     PipesMixin,
     SubprocessMixin,
-    StallMixin,
-    StatsMixin,
     asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop whose engine is Rust. Create it with `new_event_loop()`."""
+
+    # Stall reports and counters: plain attributes rather than two more mixins, so that
+    # the MRO (walked on every attribute cache miss) does not grow for them.
+    _stall_watch = None
+    set_stall_handler = _stall.set_stall_handler
+    get_stall_handler = _stall.get_stall_handler
+    _init_stall_from_environment = _stall.init_stall_from_environment
+    stats = _stats.stats
 
     # The unchecked fd-watch primitives that transports use (asyncio has the same names).
     _add_reader = _core.Loop.add_reader

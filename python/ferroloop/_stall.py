@@ -11,6 +11,7 @@ its callback (it gives the GIL up every switch interval when running Python, at 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import dataclasses
 import inspect
 import linecache
@@ -201,52 +202,68 @@ class _StallWatch:
         )
 
 
-class StallMixin:
-    """`set_stall_handler`/`get_stall_handler` and the `FERROLOOP_STALL_MS` switch."""
+# Loops whose watchdog runs: stopped at exit, before the interpreter starts finalizing
+# (a thread that wants the GIL after that point cannot be let in).
+_watched: weakref.WeakSet = weakref.WeakSet()
 
-    _stall_watch = None
 
-    def set_stall_handler(self, threshold, handler=_DEFAULT):
-        """Reports every stretch of callbacks longer than `threshold` seconds, while it
-        runs, to `handler(report)` (a `ferroloop.StallReport`), and again when it ends.
-
-        `handler` is called on the watchdog thread, not the loop's: it must be
-        thread-safe, should be quick, and must not touch the loop except through
-        thread-safe methods. Left out, it is `ferroloop.log_stall` (a WARNING on the
-        'ferroloop' logger); `set_stall_handler(None)` or a handler of None turns
-        reporting off. Exceptions from the handler are logged and otherwise ignored.
-        """
-        if handler is _DEFAULT:
-            handler = log_stall
-        if threshold is None or handler is None:
-            self._set_stall_watch(None, None)
-            self._stall_watch = None
-            return
-        if not callable(handler):
-            raise TypeError(f"a callable or None is expected, got {handler!r}")
-        threshold = float(threshold)
-        watch = _StallWatch(self, threshold, handler)
-        self._set_stall_watch(threshold, watch)
-        self._stall_watch = watch
-
-    def get_stall_handler(self):
-        """`(threshold, handler)` while stall reporting is on, else None."""
-        watch = self._stall_watch
-        return None if watch is None else (watch.threshold, watch.handler)
-
-    def _init_stall_from_environment(self):
-        value = os.environ.get(_ENVIRONMENT)
-        if not value or sys.flags.ignore_environment:
-            return
+@atexit.register
+def _stop_watchdogs() -> None:
+    for loop in list(_watched):
         try:
-            milliseconds = float(value)
-            if not milliseconds > 0:
-                raise ValueError(value)
-        except ValueError:
-            warnings.warn(
-                f"ignoring {_ENVIRONMENT}={value!r}: not a positive number of milliseconds",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return
-        self.set_stall_handler(milliseconds / 1000)
+            loop._set_stall_watch(None, None)
+        except Exception:
+            pass
+
+
+# Methods of ferroloop.Loop (assigned in its class body).
+
+
+def set_stall_handler(self, threshold, handler=_DEFAULT):
+    """Reports every stretch of callbacks longer than `threshold` seconds, while it
+    runs, to `handler(report)` (a `ferroloop.StallReport`), and again when it ends.
+
+    `handler` is called on the watchdog thread, not the loop's: it must be
+    thread-safe, should be quick, and must not touch the loop except through
+    thread-safe methods. Left out, it is `ferroloop.log_stall` (a WARNING on the
+    'ferroloop' logger); `set_stall_handler(None)` or a handler of None turns
+    reporting off. Exceptions from the handler are logged and otherwise ignored.
+    """
+    if handler is _DEFAULT:
+        handler = log_stall
+    if threshold is None or handler is None:
+        self._set_stall_watch(None, None)
+        self._stall_watch = None
+        _watched.discard(self)
+        return
+    if not callable(handler):
+        raise TypeError(f"a callable or None is expected, got {handler!r}")
+    threshold = float(threshold)
+    watch = _StallWatch(self, threshold, handler)
+    self._set_stall_watch(threshold, watch)
+    self._stall_watch = watch
+    _watched.add(self)
+
+
+def get_stall_handler(self):
+    """`(threshold, handler)` while stall reporting is on, else None."""
+    watch = self._stall_watch
+    return None if watch is None else (watch.threshold, watch.handler)
+
+
+def init_stall_from_environment(self):
+    value = os.environ.get(_ENVIRONMENT)
+    if not value or sys.flags.ignore_environment:
+        return
+    try:
+        milliseconds = float(value)
+        if not milliseconds > 0:
+            raise ValueError(value)
+    except ValueError:
+        warnings.warn(
+            f"ignoring {_ENVIRONMENT}={value!r}: not a positive number of milliseconds",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return
+    self.set_stall_handler(milliseconds / 1000)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import types
-from collections.abc import Mapping
 
 _NS = 1e-9
 
@@ -45,7 +43,7 @@ class LoopStats:
     bytes_read: int
     """Bytes received by the loop's Rust transports (streams, TLS ciphertext, pipes, UDP)."""
     bytes_written: int
-    transports: Mapping[str, int]
+    transports: dict[str, int]
     """Open Rust transports by kind: stream, datagram, read_pipe, write_pipe."""
     ready: int
     """Handles in the ready queue now."""
@@ -58,33 +56,33 @@ class LoopStats:
     lag: LagStats
 
 
-class StatsMixin:
-    def stats(self) -> LoopStats:
-        """A snapshot of the loop's counters (cheap; may be called from any thread)."""
-        raw = self._stats_core()
-        samples = raw["lag_count"]
-        lag = LagStats(
-            samples=samples,
-            sample_every=raw["lag_sample_every"],
-            p50=raw["lag_p50_ns"] * _NS,
-            p99=raw["lag_p99_ns"] * _NS,
-            max=raw["lag_max_ns"] * _NS,
-            mean=(raw["lag_sum_ns"] / samples * _NS) if samples else 0.0,
-        )
-        return LoopStats(
-            iterations=raw["iterations"],
-            callbacks=raw["callbacks"],
-            call_soon=raw["call_soon"],
-            timers_scheduled=raw["timers_scheduled"],
-            timers_fired=raw["timers_fired"],
-            timers_cancelled=raw["timers_cancelled"],
-            io_events=raw["io_events"],
-            bytes_read=raw["bytes_read"],
-            bytes_written=raw["bytes_written"],
-            transports=types.MappingProxyType(dict(raw["transports"])),
-            ready=raw["ready"],
-            timers=raw["timers"],
-            poll_time=raw["poll_ns"] * _NS,
-            callback_time=raw["busy_ns"] * _NS,
-            lag=lag,
-        )
+# A method of ferroloop.Loop (assigned in its class body).
+def stats(self) -> LoopStats:
+    """A snapshot of the loop's counters (cheap; may be called from any thread)."""
+    raw = self._stats_core()
+    samples = raw["lag_count"]
+    lag = LagStats(
+        samples=samples,
+        sample_every=raw["lag_sample_every"],
+        p50=raw["lag_p50_ns"] * _NS,
+        p99=raw["lag_p99_ns"] * _NS,
+        max=raw["lag_max_ns"] * _NS,
+        mean=(raw["lag_sum_ns"] / samples * _NS) if samples else 0.0,
+    )
+    return LoopStats(
+        iterations=raw["iterations"],
+        callbacks=raw["callbacks"],
+        call_soon=raw["call_soon"],
+        timers_scheduled=raw["timers_scheduled"],
+        timers_fired=raw["timers_fired"],
+        timers_cancelled=raw["timers_cancelled"],
+        io_events=raw["io_events"],
+        bytes_read=raw["bytes_read"],
+        bytes_written=raw["bytes_written"],
+        transports=dict(raw["transports"]),
+        ready=raw["ready"],
+        timers=raw["timers"],
+        poll_time=raw["poll_ns"] * _NS,
+        callback_time=raw["busy_ns"] * _NS,
+        lag=lag,
+    )

@@ -26,7 +26,7 @@
 //! monitor.enter_callbacks(clock::now_ns());      // the loop starts a stretch of callbacks
 //! std::thread::sleep(Duration::from_millis(60)); // ... which blocks
 //! assert!(matches!(rx.recv().unwrap(), StallEvent::Started { .. }));
-//! monitor.enter_poller(clock::now_ns());         // back in the poller
+//! monitor.enter_poller();         // back in the poller
 //! assert!(matches!(rx.recv().unwrap(), StallEvent::Ended { .. }));
 //! watchdog.stop();
 //! ```
@@ -54,8 +54,10 @@ pub struct StallMonitor {
 
 #[derive(Debug, Default)]
 struct Shared {
-    /// Set by [`Watchdog::stop`]; the thread exits.
-    stop: bool,
+    /// The watchdog that may run: every [`Watchdog::spawn`] and every stop moves it on,
+    /// and a thread whose generation is not this one exits. (A per-monitor flag would let
+    /// a new watchdog revive one that was asked to stop from its own `on_event`.)
+    generation: u64,
     /// The end of a claimed stretch, posted by the loop thread: `(busy_since, end_ns)`.
     ended: Option<(i64, i64)>,
 }
@@ -111,15 +113,27 @@ impl StallMonitor {
         self.busy_since.store(now.max(1), Ordering::Relaxed);
     }
 
-    /// Called by the loop thread when it comes back to the poller or stops running
-    /// (`now`: clock ns). Posts the end of the stretch if the watchdog reported it.
+    /// Called by the loop thread when it comes back to the poller or stops running.
+    /// Posts the end of the stretch if the watchdog reported it; only then does it read
+    /// the clock.
     #[inline]
-    pub fn enter_poller(&self, now: i64) {
+    pub fn enter_poller(&self) {
+        self.leave_stretch(clock::now_ns);
+    }
+
+    /// [`StallMonitor::enter_poller`] with the time given (`now`: clock ns).
+    #[inline]
+    pub fn enter_poller_at(&self, now: i64) {
+        self.leave_stretch(|| now);
+    }
+
+    #[inline]
+    fn leave_stretch(&self, now: impl FnOnce() -> i64) {
         // SeqCst pairs with `claim`: either the watchdog sees this stretch is over before
         // it commits to a report, or this thread sees the claim and posts the end.
         let since = self.busy_since.swap(0, Ordering::SeqCst);
         if since != 0 && self.claimed.load(Ordering::SeqCst) == since {
-            self.post_end(since, now);
+            self.post_end(since, now());
         }
     }
 
@@ -174,13 +188,16 @@ impl StallMonitor {
     }
 
     /// Waits until the claimed stretch `since` ends; returns its end (clock ns), or None
-    /// when the watchdog was stopped first.
+    /// when the watchdog was stopped first. An end already posted is returned even when
+    /// the watchdog is stopping.
     pub fn wait_end(&self, since: i64) -> Option<i64> {
+        let generation = self.lock().generation;
+        self.wait_end_for(since, generation)
+    }
+
+    fn wait_end_for(&self, since: i64, generation: u64) -> Option<i64> {
         let mut shared = self.lock();
         loop {
-            if shared.stop {
-                return None;
-            }
             if let Some((ended_since, end)) = shared.ended {
                 if ended_since == since {
                     shared.ended = None;
@@ -188,29 +205,39 @@ impl StallMonitor {
                     return Some(end);
                 }
             }
+            if shared.generation != generation {
+                self.claimed.store(0, Ordering::SeqCst);
+                return None;
+            }
             shared = self.wakeup.wait(shared).unwrap_or_else(|e| e.into_inner());
         }
     }
 
-    /// Sleeps for `timeout` or until stopped; returns false when stopped.
-    fn sleep(&self, timeout: Duration) -> bool {
+    /// Sleeps for `timeout` or until the watchdog of `generation` is stopped; returns
+    /// false when stopped.
+    fn sleep(&self, timeout: Duration, generation: u64) -> bool {
         let shared = self.lock();
-        if shared.stop {
+        if shared.generation != generation {
             return false;
         }
         let (shared, _) = self
             .wakeup
             .wait_timeout(shared, timeout)
             .unwrap_or_else(|e| e.into_inner());
-        !shared.stop
+        shared.generation == generation
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set_stop(&self, stop: bool) {
-        self.lock().stop = stop;
+    /// Stops the watchdog of `generation` (no other).
+    fn stop_generation(&self, generation: u64) {
+        let mut shared = self.lock();
+        if shared.generation == generation {
+            shared.generation += 1;
+        }
+        drop(shared);
         self.wakeup.notify_all();
     }
 }
@@ -222,6 +249,7 @@ impl StallMonitor {
 #[derive(Debug)]
 pub struct Watchdog {
     monitor: Arc<StallMonitor>,
+    generation: u64,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -237,18 +265,28 @@ impl Watchdog {
         F: FnMut(StallEvent) + Send + 'static,
     {
         let threshold = threshold.max(Duration::from_millis(1));
-        {
+        let generation = {
             let mut shared = monitor.lock();
-            shared.stop = false;
+            shared.generation += 1;
             shared.ended = None;
-        }
+            shared.generation
+        };
+        monitor.wakeup.notify_all();
         monitor.claimed.store(0, Ordering::SeqCst);
         let watched = Arc::clone(&monitor);
-        let thread = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("ferroloop-stall".into())
-            .spawn(move || watch(&watched, threshold, &mut on_event))?;
+            .spawn(move || watch(&watched, threshold, generation, &mut on_event));
+        let thread = match spawned {
+            Ok(thread) => thread,
+            Err(err) => {
+                monitor.stop_generation(generation);
+                return Err(err);
+            }
+        };
         Ok(Watchdog {
             monitor,
+            generation,
             thread: Some(thread),
         })
     }
@@ -256,7 +294,7 @@ impl Watchdog {
     /// Stops the thread and waits for it (it may be inside `on_event`; it returns once
     /// that call returns). Called from `on_event` itself, it only asks the thread to stop.
     pub fn stop(mut self) {
-        self.monitor.set_stop(true);
+        self.monitor.stop_generation(self.generation);
         if let Some(thread) = self.thread.take() {
             if thread.thread().id() != std::thread::current().id() {
                 let _ = thread.join();
@@ -266,7 +304,7 @@ impl Watchdog {
 
     /// Asks the thread to stop without waiting for it.
     pub fn stop_detached(mut self) {
-        self.monitor.set_stop(true);
+        self.monitor.stop_generation(self.generation);
         self.thread.take();
     }
 }
@@ -274,14 +312,19 @@ impl Watchdog {
 impl Drop for Watchdog {
     fn drop(&mut self) {
         if self.thread.is_some() {
-            self.monitor.set_stop(true);
+            self.monitor.stop_generation(self.generation);
         }
     }
 }
 
-fn watch(monitor: &StallMonitor, threshold: Duration, on_event: &mut dyn FnMut(StallEvent)) {
+fn watch(
+    monitor: &StallMonitor,
+    threshold: Duration,
+    generation: u64,
+    on_event: &mut dyn FnMut(StallEvent),
+) {
     let mut timeout = threshold;
-    while monitor.sleep(timeout) {
+    while monitor.sleep(timeout, generation) {
         let now = clock::now_ns();
         timeout = match monitor.check(now, threshold) {
             Check::Idle => threshold,
@@ -292,7 +335,7 @@ fn watch(monitor: &StallMonitor, threshold: Duration, on_event: &mut dyn FnMut(S
                 }
                 let elapsed = Duration::from_nanos((now - since).max(0) as u64);
                 on_event(StallEvent::Started { since, elapsed });
-                let Some(end) = monitor.wait_end(since) else {
+                let Some(end) = monitor.wait_end_for(since, generation) else {
                     return;
                 };
                 let duration = Duration::from_nanos((end - since).max(0) as u64);
@@ -324,7 +367,7 @@ mod tests {
             }
         );
         assert_eq!(m.check(1050 * MS, t), Check::Stalled { since: 1000 * MS });
-        m.enter_poller(1060 * MS);
+        m.enter_poller_at(1060 * MS);
         assert_eq!(m.check(2000 * MS, t), Check::Idle);
     }
 
@@ -332,12 +375,12 @@ mod tests {
     fn claim_fails_once_the_stretch_is_over() {
         let m = StallMonitor::new();
         m.enter_callbacks(5 * MS);
-        m.enter_poller(6 * MS);
+        m.enter_poller_at(6 * MS);
         assert!(!m.claim(5 * MS));
         m.enter_callbacks(7 * MS);
         assert!(!m.claim(5 * MS), "a later stretch is not the claimed one");
         assert!(m.claim(7 * MS));
-        m.enter_poller(9 * MS);
+        m.enter_poller_at(9 * MS);
         assert_eq!(m.wait_end(7 * MS), Some(9 * MS));
     }
 
@@ -345,7 +388,7 @@ mod tests {
     fn unclaimed_stretches_post_nothing() {
         let m = StallMonitor::new();
         m.enter_callbacks(5 * MS);
-        m.enter_poller(6 * MS);
+        m.enter_poller_at(6 * MS);
         assert!(m.lock().ended.is_none());
     }
 
@@ -370,7 +413,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert!(rx.try_recv().is_err(), "one report per stretch");
         let end = clock::now_ns();
-        monitor.enter_poller(end);
+        monitor.enter_poller_at(end);
         match rx.recv_timeout(Duration::from_secs(10)).unwrap() {
             StallEvent::Ended { since, duration } => {
                 assert_eq!(since, start);
@@ -393,11 +436,53 @@ mod tests {
         while clock::now_ns() < deadline {
             monitor.enter_callbacks(clock::now_ns());
             std::thread::sleep(Duration::from_millis(2));
-            monitor.enter_poller(clock::now_ns());
+            monitor.enter_poller();
         }
         std::thread::sleep(Duration::from_millis(100));
         dog.stop();
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_watchdog_stopped_from_its_callback_stays_stopped_after_a_respawn() {
+        let monitor = Arc::new(StallMonitor::new());
+        let slot: Arc<Mutex<Option<Watchdog>>> = Arc::new(Mutex::new(None));
+        let (tx, rx) = mpsc::channel();
+        let inner = Arc::clone(&slot);
+        let dog = Watchdog::spawn(Arc::clone(&monitor), Duration::from_millis(5), move |e| {
+            if let Some(me) = inner.lock().unwrap().take() {
+                me.stop(); // from its own thread: does not join itself
+            }
+            tx.send(e).unwrap();
+        })
+        .unwrap();
+        *slot.lock().unwrap() = Some(dog);
+        monitor.enter_callbacks(clock::now_ns());
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+            StallEvent::Started { .. }
+        ));
+        let (tx2, rx2) = mpsc::channel();
+        let second = Watchdog::spawn(Arc::clone(&monitor), Duration::from_millis(5), move |e| {
+            tx2.send(e).unwrap();
+        })
+        .unwrap();
+        // The first thread must not come back to life and report the same stretch.
+        assert!(matches!(
+            rx2.recv_timeout(Duration::from_secs(10)).unwrap(),
+            StallEvent::Started { .. }
+        ));
+        monitor.enter_poller();
+        assert!(matches!(
+            rx2.recv_timeout(Duration::from_secs(10)).unwrap(),
+            StallEvent::Ended { .. }
+        ));
+        second.stop();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            rx.try_recv().is_err(),
+            "the stopped watchdog reported again"
+        );
     }
 
     #[test]
@@ -414,7 +499,7 @@ mod tests {
             StallEvent::Started { .. }
         ));
         dog.stop();
-        monitor.enter_poller(clock::now_ns());
+        monitor.enter_poller();
         assert!(rx.try_recv().is_err());
     }
 }

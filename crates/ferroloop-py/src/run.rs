@@ -21,8 +21,12 @@ const MAX_POLL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 enum Wait {
     /// Something is ready: only collect I/O that is already pending.
     NoWait { any_fds: bool },
-    /// Sleep until an fd is ready, the waker fires, or the timeout passes.
-    Sleep(Option<Duration>),
+    /// Sleep until an fd is ready, the waker fires, or the timeout passes; `since` is the
+    /// clock when the loop decided to sleep.
+    Sleep {
+        timeout: Option<Duration>,
+        since: i64,
+    },
 }
 
 #[pymethods]
@@ -32,6 +36,7 @@ impl EventLoop {
     fn _run_forever_core(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         this.running.store(true, Ordering::Relaxed);
+        this.state.borrow_mut(slf.py()).counters.busy_started = clock::now_ns();
         let mut events = Events::new();
         let result = loop {
             if let Err(err) = run_once(slf, &mut events) {
@@ -41,8 +46,8 @@ impl EventLoop {
                 break Ok(());
             }
         };
+        this.stall.enter_poller();
         let now = clock::now_ns();
-        this.stall.enter_poller(now);
         this.state.borrow_mut(slf.py()).counters.stop_running(now);
         this.stopping.store(false, Ordering::Relaxed);
         this.running.store(false, Ordering::Relaxed);
@@ -53,20 +58,21 @@ impl EventLoop {
 fn run_once(slf: &Bound<'_, EventLoop>, events: &mut Events) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
-    // Back at the poller: the stall watchdog and the counters see one stamp per
-    // iteration on each side of the poll, never one per callback.
-    let polled_at = clock::now_ns();
-    this.stall.enter_poller(polled_at);
-    let (wait, poller) = plan_wait(py, this, polled_at);
-    let polled = match (wait, poller) {
-        (Wait::NoWait { any_fds: false }, _) | (_, None) => false,
-        (Wait::NoWait { any_fds: true }, Some(poller)) => {
-            collect(py, poller.wait(events, Some(Duration::ZERO)))?
-        }
-        (Wait::Sleep(timeout), Some(poller)) => {
+    // Back at the poller: the stall watchdog sees one stamp per iteration on each side of
+    // the poll, never one per callback. The clock is read once per iteration, after the
+    // poll (and before it only when the loop sleeps).
+    this.stall.enter_poller();
+    let (wait, poller) = plan_wait(py, this);
+    let (polled, slept_at) = match (wait, poller) {
+        (Wait::NoWait { any_fds: false }, _) | (_, None) => (false, None),
+        (Wait::NoWait { any_fds: true }, Some(poller)) => (
+            collect(py, poller.wait(events, Some(Duration::ZERO)))?,
+            None,
+        ),
+        (Wait::Sleep { timeout, since }, Some(poller)) => {
             let outcome = py.detach(|| poller.wait(events, timeout));
             this.polling.store(false, Ordering::SeqCst);
-            collect(py, outcome)?
+            (collect(py, outcome)?, Some(since))
         }
     };
     let woke_at = clock::now_ns();
@@ -77,15 +83,14 @@ fn run_once(slf: &Bound<'_, EventLoop>, events: &mut Events) -> PyResult<()> {
     if this.dns_pending.swap(false, Ordering::Relaxed) {
         crate::dns::deliver_answers(slf)?;
     }
-    move_due_timers(py, this, polled_at, woke_at);
+    move_due_timers(py, this, slept_at, woke_at);
     run_ready(slf)
 }
 
 /// Decides how long to wait; sets `polling` when the loop will sleep (see its doc).
-/// `now` is the clock reading taken at the start of the iteration.
-fn plan_wait(py: Python<'_>, this: &EventLoop, now: i64) -> (Wait, Option<Arc<Poller>>) {
+fn plan_wait(py: Python<'_>, this: &EventLoop) -> (Wait, Option<Arc<Poller>>) {
     let mut state = this.state.borrow_mut(py);
-    state.counters.start_iteration(now);
+    state.counters.iterations += 1;
     let newly_cancelled = this.cancelled_timers.swap(0, Ordering::Relaxed);
     state.timers.note_cancelled(newly_cancelled);
     state.counters.timers_cancelled += newly_cancelled as u64;
@@ -94,6 +99,7 @@ fn plan_wait(py: Python<'_>, this: &EventLoop, now: i64) -> (Wait, Option<Arc<Po
         let any_fds = !state.fds.is_empty();
         return (Wait::NoWait { any_fds }, poller);
     }
+    let now = clock::now_ns();
     let timeout = state.timers.peek().map(|(deadline, _)| {
         let remaining = deadline.saturating_sub(now).max(0) as u64;
         Duration::from_nanos(remaining).min(MAX_POLL_TIMEOUT)
@@ -102,8 +108,15 @@ fn plan_wait(py: Python<'_>, this: &EventLoop, now: i64) -> (Wait, Option<Arc<Po
         let any_fds = !state.fds.is_empty();
         return (Wait::NoWait { any_fds }, poller);
     }
+    state.counters.start_sleep(now);
     this.polling.store(true, Ordering::SeqCst);
-    (Wait::Sleep(timeout), poller)
+    (
+        Wait::Sleep {
+            timeout,
+            since: now,
+        },
+        poller,
+    )
 }
 
 /// Turns a wait's outcome into "events to dispatch": an interrupted wait runs the Python
@@ -163,13 +176,15 @@ fn dispatch_io(py: Python<'_>, this: &EventLoop, events: &Events) {
 
 /// Moves every timer due within the clock's resolution to the ready queue, dropping
 /// cancelled ones; compacts the heap when cancelled timers dominate it. `now` is the
-/// clock when the poller returned (asyncio reads it there too), `polled_at` when the
-/// iteration began.
-fn move_due_timers(py: Python<'_>, this: &EventLoop, polled_at: i64, now: i64) {
+/// clock when the poller returned (asyncio reads it there too), `slept_at` when the loop
+/// went to sleep in it, if it did.
+fn move_due_timers(py: Python<'_>, this: &EventLoop, slept_at: Option<i64>, now: i64) {
     let mut dead: Vec<Py<TimerHandle>> = Vec::new();
     {
         let mut state = this.state.borrow_mut(py);
-        state.counters.end_poll(polled_at, now);
+        if let Some(slept_at) = slept_at {
+            state.counters.end_sleep(slept_at, now);
+        }
         if state.timers.should_compact() {
             dead = state
                 .timers

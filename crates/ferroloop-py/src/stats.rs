@@ -37,7 +37,8 @@ pub struct Counters {
     pub timers_cancelled: u64,
     /// Readiness events from the poller (the loop's own waker excluded).
     pub io_events: u64,
-    /// Nanoseconds spent in the poller and running everything else.
+    /// Nanoseconds spent asleep in the poller, and running everything else (zero-timeout
+    /// polls of a busy loop included).
     pub poll_ns: u64,
     pub busy_ns: u64,
     /// When the current stretch of work began (clock ns), 0 when not running.
@@ -54,19 +55,18 @@ impl Counters {
         self.soon & (LAG_SAMPLE_EVERY - 1) == 0
     }
 
-    /// Accounts the iteration starting at `now` (clock ns), before the poller.
+    /// Accounts the work up to `now` (clock ns), when the loop goes to sleep.
     #[inline]
-    pub fn start_iteration(&mut self, now: i64) {
-        self.iterations += 1;
+    pub fn start_sleep(&mut self, now: i64) {
         if self.busy_started != 0 {
             self.busy_ns += now.saturating_sub(self.busy_started).max(0) as u64;
         }
     }
 
-    /// Accounts the poll from `polled_at` to `now`, after which work starts.
+    /// Accounts the sleep from `slept_at` to `now`, after which work starts.
     #[inline]
-    pub fn end_poll(&mut self, polled_at: i64, now: i64) {
-        self.poll_ns += now.saturating_sub(polled_at).max(0) as u64;
+    pub fn end_sleep(&mut self, slept_at: i64, now: i64) {
+        self.poll_ns += now.saturating_sub(slept_at).max(0) as u64;
         self.busy_started = now;
     }
 
