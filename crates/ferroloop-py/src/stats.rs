@@ -16,7 +16,7 @@ use pyo3::types::PyDict;
 use crate::event_loop::EventLoop;
 
 /// One `call_soon` in this many is stamped for the lag histogram (a power of two).
-pub const LAG_SAMPLE_EVERY: u64 = 16;
+pub const LAG_SAMPLE_EVERY: u64 = 64;
 
 /// The run loop's counters.
 #[derive(Default)]
