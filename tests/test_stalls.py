@@ -321,3 +321,23 @@ def test_handler_may_turn_reporting_off_or_replace_itself(floop):
     while _watchdog_threads() > before and time.monotonic() < deadline:
         time.sleep(0.005)
     assert _watchdog_threads() == before
+
+
+def test_a_c_call_holding_the_gil_gets_only_an_end_report_saying_so(floop):
+    import ctypes
+
+    # A PyDLL function keeps the GIL while it runs: the watchdog cannot look inside.
+    usleep = ctypes.PyDLL(None).usleep
+    rec = Recorder()
+    floop.set_stall_handler(THRESHOLD, rec)
+    started = time.monotonic()
+    floop.call_soon(usleep, int(BLOCK * 1e6))
+    floop.call_soon(floop.stop)
+    floop.run_forever()
+    blocked = time.monotonic() - started
+    rec.wait_end()
+    assert len(rec.reports) == 1, rec.reports
+    (end,) = rec.reports
+    assert end.ended and not end.captured and end.stack == ()
+    assert BLOCK * 0.9 <= end.duration <= blocked + 1
+    assert "could not be taken during the stall" in end.format()
