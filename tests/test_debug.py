@@ -217,3 +217,27 @@ def test_run_until_complete_works_in_debug_mode(loop):
         return "debug ok"
 
     assert loop.run_until_complete(main()) == "debug ok"
+
+
+def _slow_with(delay):
+    time.sleep(delay)
+
+
+def test_slow_callback_message_reads_as_asyncios(loop, caplog):
+    # asyncio: logger.warning('Executing %s took %.3f seconds', _format_handle(handle), dt),
+    # with the handle's repr: callback source and, in debug mode, where it was created.
+    import functools
+
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.01
+    created_line = sys._getframe().f_lineno + 1
+    loop.call_soon(functools.partial(_slow_with, 0.02))
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        run_once(loop)
+    messages = [r.getMessage() for r in caplog.records if "took" in r.getMessage()]
+    assert len(messages) == 1
+    source = f"{__file__}:{_slow_with.__code__.co_firstlineno}"
+    created = f"{__file__}:{created_line}"
+    expected = f"Executing <Handle _slow_with(0.02)() at {source} created at {created}>"
+    assert messages[0].startswith(expected + " took "), messages[0]
+    assert re.fullmatch(r"\d+\.\d{3} seconds", messages[0][len(expected) + 6 :]), messages[0]

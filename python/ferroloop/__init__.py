@@ -9,13 +9,20 @@ from . import _runner
 from ._core import Handle, TimerHandle
 from ._loop import Loop
 from ._runner import new_event_loop, run
+from ._stall import StallFrame, StallReport, log_stall
+from ._stats import LagStats, LoopStats
 
 __all__ = [
     "EventLoopPolicy",
     "Handle",
+    "LagStats",
     "Loop",
+    "LoopStats",
+    "StallFrame",
+    "StallReport",
     "TimerHandle",
     "install",
+    "log_stall",
     "new_event_loop",
     "run",
 ]

@@ -8,7 +8,7 @@ import threading
 import traceback
 from asyncio import coroutines, format_helpers
 
-from ._describe import describe_callback, describe_handle
+from ._describe import describe_callback, format_handle
 
 logger = logging.getLogger("asyncio")
 
@@ -123,7 +123,8 @@ class ErrorsMixin:
         self.call_exception_handler(context)
 
     def _log_slow_callback(self, handle, seconds):
-        logger.warning("Executing %s took %.3f seconds", describe_handle(handle), seconds)
+        # asyncio's words and its handle formatting (base_events._run_once).
+        logger.warning("Executing %s took %.3f seconds", format_handle(handle), seconds)
 
     def _capture_source_traceback(self, handle):
         # Frame 0 is this method, frame 1 the caller of call_soon/call_at (Rust adds none).

@@ -10,7 +10,7 @@ import warnings
 import weakref
 from asyncio import coroutines, events
 
-from . import _core
+from . import _core, _stall, _stats
 from ._connections import ConnectionsMixin
 from ._datagram import DatagramMixin
 from ._dns import DnsMixin
@@ -66,6 +66,14 @@ class Loop(
 ):
     """An asyncio event loop whose engine is Rust. Create it with `new_event_loop()`."""
 
+    # Stall reports and counters: plain attributes rather than two more mixins, so that
+    # the MRO (walked on every attribute cache miss) does not grow for them.
+    _stall_watch = None
+    set_stall_handler = _stall.set_stall_handler
+    get_stall_handler = _stall.get_stall_handler
+    _init_stall_from_environment = _stall.init_stall_from_environment
+    stats = _stats.stats
+
     # The unchecked fd-watch primitives that transports use (asyncio has the same names).
     _add_reader = _core.Loop.add_reader
     _remove_reader = _core.Loop.remove_reader
@@ -79,6 +87,7 @@ class Loop(
         self._init_signals()
         self._init_subprocesses()
         self.set_debug(_debug_from_environment())
+        self._init_stall_from_environment()
 
     def add_reader(self, fd, callback, *args):
         """Calls `callback(*args)` whenever `fd` is readable (level-triggered)."""
@@ -145,7 +154,8 @@ class Loop(
         if not sys.is_finalizing():
             self._close_signals()
         self._close_subprocesses()
-        self._close_core()
+        self._stall_watch = None
+        self._close_core()  # stops the stall watchdog and waits for its thread
         self._abandon_spawns()
         self._shutdown_executor_nowait()
 

@@ -11,6 +11,9 @@
 //! - [`dns::Resolver`]: `getaddrinfo`/`getnameinfo` on a small worker pool.
 //! - [`framing::Framer`]: splits a byte stream into delimited, length-prefixed or
 //!   fixed-size frames.
+//! - [`stall::Watchdog`]: a thread that reports a loop stuck in its callbacks while it
+//!   is still stuck, from a stamp the loop writes once per iteration.
+//! - [`histogram::Histogram`]: log-linear duration counts (the loop's lag).
 //!
 //! `examples/echo_server.rs` is a TCP echo server built on these pieces alone: the
 //! ceiling against which the Python-facing layers are measured.
@@ -20,6 +23,8 @@
 pub mod clock;
 pub mod dns;
 pub mod framing;
+pub mod histogram;
 pub mod poll;
+pub mod stall;
 pub mod timer;
 pub mod waker;

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use ferroloop_core::dns::Resolver;
 use ferroloop_core::poll::{Interest, Poller};
+use ferroloop_core::stall::{StallMonitor, Watchdog};
 use ferroloop_core::timer::TimerHeap;
 use ferroloop_core::waker::Waker;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
@@ -24,6 +25,7 @@ use pyo3::types::PyTuple;
 
 use crate::gil_cell::GilCell;
 use crate::handle::{Handle, TimerHandle};
+use crate::stats::{Counters, IoStats};
 
 /// The poller token of the loop's own waker.
 pub const WAKER_TOKEN: u64 = u64::MAX;
@@ -66,6 +68,8 @@ pub struct LoopState {
     pub poller: Option<Arc<Poller>>,
     pub waker: Option<Arc<Waker>>,
     pub resolver: Option<Resolver>,
+    /// What `stats()` reports (see `stats.rs`).
+    pub counters: Counters,
 }
 
 /// The Rust half of a ferroloop event loop.
@@ -93,6 +97,15 @@ pub struct EventLoop {
     slow_callback_duration: AtomicU64,
     /// The clock's resolution in nanoseconds: timers due within it fire now, as in asyncio.
     pub clock_resolution_ns: i64,
+    /// The stamp the run loop writes once per iteration for the stall watchdog.
+    pub stall: Arc<StallMonitor>,
+    /// The stall watchdog thread, while a stall handler is set.
+    pub watchdog: Mutex<Option<Watchdog>>,
+    /// The address of the handle running now (0 between handles), for stall reports.
+    /// Written and read only with the GIL held; cleared before the handle can be dropped.
+    pub current_handle: AtomicUsize,
+    /// Bytes and open transports, counted by the Rust transports.
+    pub io: Arc<IoStats>,
 }
 
 pub fn closed_error() -> PyErr {
@@ -113,7 +126,11 @@ impl EventLoop {
     /// Appends a handle to the ready queue.
     #[inline]
     pub fn push_ready(&self, py: Python<'_>, handle: Py<Handle>) {
-        self.state.borrow_mut(py).ready.push_back(handle);
+        let mut state = self.state.borrow_mut(py);
+        if state.counters.sample_soon() {
+            handle.get().mark_queued(ferroloop_core::clock::now_ns());
+        }
+        state.ready.push_back(handle);
     }
 
     /// Wakes the run loop if it is waiting in the poller.
@@ -202,6 +219,7 @@ impl EventLoop {
                 poller: Some(Arc::new(poller)),
                 waker: Some(Arc::clone(&waker)),
                 resolver: None,
+                counters: Counters::default(),
             }),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -213,6 +231,10 @@ impl EventLoop {
             cancelled_timers: Arc::new(AtomicUsize::new(0)),
             slow_callback_duration: AtomicU64::new(DEFAULT_SLOW_CALLBACK_DURATION.to_bits()),
             clock_resolution_ns: (resolution * 1e9).ceil() as i64,
+            stall: Arc::new(StallMonitor::new()),
+            watchdog: Mutex::new(None),
+            current_handle: AtomicUsize::new(0),
+            io: Arc::new(IoStats::default()),
         })
     }
 
@@ -352,6 +374,7 @@ impl EventLoop {
         if self.closed.swap(true, Ordering::Relaxed) {
             return;
         }
+        self.stop_watchdog(py);
         let released = {
             let mut state = self.state.borrow_mut(py);
             let ready = std::mem::take(&mut state.ready);
@@ -426,10 +449,10 @@ impl EventLoop {
             slf.call_method1(pyo3::intern!(py, "_capture_source_traceback"), (&timer,))?;
         }
         let deadline = timer.get().deadline_ns;
-        this.state
-            .borrow_mut(py)
-            .timers
-            .push(deadline, timer.clone_ref(py));
+        let mut state = this.state.borrow_mut(py);
+        state.counters.timers_scheduled += 1;
+        state.timers.push(deadline, timer.clone_ref(py));
+        drop(state);
         Ok(timer)
     }
 }

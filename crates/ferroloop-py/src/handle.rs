@@ -9,7 +9,7 @@
 //! in Python (`call_soon_threadsafe` on 3.14+ returns asyncio's `_ThreadSafeHandle`), whose
 //! callback is that handle's `_run`, which enters the handle's context itself.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pyo3::gc::{PyTraverseError, PyVisit};
@@ -33,6 +33,9 @@ pub struct Handle {
     cancelled: AtomicBool,
     /// asyncio's `_source_traceback`, filled by the Python layer in debug mode.
     source_traceback: GilCell<Option<Py<PyAny>>>,
+    /// When `call_soon` queued it (clock ns), for the handles the loop samples for its
+    /// lag histogram; 0 for the others.
+    queued_ns: AtomicI64,
 }
 
 impl Handle {
@@ -52,6 +55,7 @@ impl Handle {
             context: Some(context),
             cancelled: AtomicBool::new(false),
             source_traceback: GilCell::new(None),
+            queued_ns: AtomicI64::new(0),
         })
     }
 
@@ -70,6 +74,18 @@ impl Handle {
     #[inline]
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Records when the handle was queued (only sampled handles are stamped).
+    #[inline]
+    pub fn mark_queued(&self, now_ns: i64) {
+        self.queued_ns.store(now_ns, Ordering::Relaxed);
+    }
+
+    /// When the handle was queued, if it was sampled for the lag histogram (else 0).
+    #[inline]
+    pub fn queued_ns(&self) -> i64 {
+        self.queued_ns.load(Ordering::Relaxed)
     }
 
     /// Runs the callback inside its context. A cancelled handle does nothing.

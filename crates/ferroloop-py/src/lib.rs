@@ -15,6 +15,8 @@ mod handle;
 mod run;
 mod sock_ops;
 mod sockaddr;
+mod stall;
+mod stats;
 mod tasks;
 mod transport;
 

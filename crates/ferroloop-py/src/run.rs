@@ -21,8 +21,12 @@ const MAX_POLL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 enum Wait {
     /// Something is ready: only collect I/O that is already pending.
     NoWait { any_fds: bool },
-    /// Sleep until an fd is ready, the waker fires, or the timeout passes.
-    Sleep(Option<Duration>),
+    /// Sleep until an fd is ready, the waker fires, or the timeout passes; `since` is the
+    /// clock when the loop decided to sleep.
+    Sleep {
+        timeout: Option<Duration>,
+        since: i64,
+    },
 }
 
 #[pymethods]
@@ -32,6 +36,7 @@ impl EventLoop {
     fn _run_forever_core(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         this.running.store(true, Ordering::Relaxed);
+        this.state.borrow_mut(slf.py()).counters.busy_started = clock::now_ns();
         let mut events = Events::new();
         let result = loop {
             if let Err(err) = run_once(slf, &mut events) {
@@ -41,6 +46,9 @@ impl EventLoop {
                 break Ok(());
             }
         };
+        this.stall.enter_poller();
+        let now = clock::now_ns();
+        this.state.borrow_mut(slf.py()).counters.stop_running(now);
         this.stopping.store(false, Ordering::Relaxed);
         this.running.store(false, Ordering::Relaxed);
         result
@@ -50,48 +58,65 @@ impl EventLoop {
 fn run_once(slf: &Bound<'_, EventLoop>, events: &mut Events) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
+    // Back at the poller: the stall watchdog sees one stamp per iteration on each side of
+    // the poll, never one per callback. The clock is read once per iteration, after the
+    // poll (and before it only when the loop sleeps).
+    this.stall.enter_poller();
     let (wait, poller) = plan_wait(py, this);
-    let polled = match (wait, poller) {
-        (Wait::NoWait { any_fds: false }, _) | (_, None) => false,
-        (Wait::NoWait { any_fds: true }, Some(poller)) => {
-            collect(py, poller.wait(events, Some(Duration::ZERO)))?
-        }
-        (Wait::Sleep(timeout), Some(poller)) => {
+    let (polled, slept_at) = match (wait, poller) {
+        (Wait::NoWait { any_fds: false }, _) | (_, None) => (false, None),
+        (Wait::NoWait { any_fds: true }, Some(poller)) => (
+            collect(py, poller.wait(events, Some(Duration::ZERO)))?,
+            None,
+        ),
+        (Wait::Sleep { timeout, since }, Some(poller)) => {
             let outcome = py.detach(|| poller.wait(events, timeout));
             this.polling.store(false, Ordering::SeqCst);
-            collect(py, outcome)?
+            (collect(py, outcome)?, Some(since))
         }
     };
+    let woke_at = clock::now_ns();
+    this.stall.enter_callbacks(woke_at);
     if polled {
         dispatch_io(py, this, events);
     }
     if this.dns_pending.swap(false, Ordering::Relaxed) {
         crate::dns::deliver_answers(slf)?;
     }
-    move_due_timers(py, this);
+    move_due_timers(py, this, slept_at, woke_at);
     run_ready(slf)
 }
 
 /// Decides how long to wait; sets `polling` when the loop will sleep (see its doc).
 fn plan_wait(py: Python<'_>, this: &EventLoop) -> (Wait, Option<Arc<Poller>>) {
     let mut state = this.state.borrow_mut(py);
+    state.counters.iterations += 1;
     let newly_cancelled = this.cancelled_timers.swap(0, Ordering::Relaxed);
     state.timers.note_cancelled(newly_cancelled);
+    state.counters.timers_cancelled += newly_cancelled as u64;
     let poller = state.poller.clone();
     if !state.ready.is_empty() || this.stopping.load(Ordering::Relaxed) {
         let any_fds = !state.fds.is_empty();
         return (Wait::NoWait { any_fds }, poller);
     }
+    let now = clock::now_ns();
     let timeout = state.timers.peek().map(|(deadline, _)| {
-        let remaining = deadline.saturating_sub(clock::now_ns()).max(0) as u64;
+        let remaining = deadline.saturating_sub(now).max(0) as u64;
         Duration::from_nanos(remaining).min(MAX_POLL_TIMEOUT)
     });
     if timeout == Some(Duration::ZERO) {
         let any_fds = !state.fds.is_empty();
         return (Wait::NoWait { any_fds }, poller);
     }
+    state.counters.start_sleep(now);
     this.polling.store(true, Ordering::SeqCst);
-    (Wait::Sleep(timeout), poller)
+    (
+        Wait::Sleep {
+            timeout,
+            since: now,
+        },
+        poller,
+    )
 }
 
 /// Turns a wait's outcome into "events to dispatch": an interrupted wait runs the Python
@@ -121,6 +146,7 @@ fn dispatch_io(py: Python<'_>, this: &EventLoop, events: &Events) {
                 }
                 continue;
             }
+            state.counters.io_events += 1;
             let fd = event.token as i32;
             let Some(watch) = state.fds.get_mut(&fd) else {
                 continue;
@@ -149,11 +175,16 @@ fn dispatch_io(py: Python<'_>, this: &EventLoop, events: &Events) {
 }
 
 /// Moves every timer due within the clock's resolution to the ready queue, dropping
-/// cancelled ones; compacts the heap when cancelled timers dominate it.
-fn move_due_timers(py: Python<'_>, this: &EventLoop) {
+/// cancelled ones; compacts the heap when cancelled timers dominate it. `now` is the
+/// clock when the poller returned (asyncio reads it there too), `slept_at` when the loop
+/// went to sleep in it, if it did.
+fn move_due_timers(py: Python<'_>, this: &EventLoop, slept_at: Option<i64>, now: i64) {
     let mut dead: Vec<Py<TimerHandle>> = Vec::new();
     {
         let mut state = this.state.borrow_mut(py);
+        if let Some(slept_at) = slept_at {
+            state.counters.end_sleep(slept_at, now);
+        }
         if state.timers.should_compact() {
             dead = state
                 .timers
@@ -167,7 +198,7 @@ fn move_due_timers(py: Python<'_>, this: &EventLoop) {
             drop(dead);
             return;
         }
-        let end = clock::now_ns().saturating_add(this.clock_resolution_ns);
+        let end = now.saturating_add(this.clock_resolution_ns);
         while let Some((deadline, _)) = state.timers.peek() {
             if deadline >= end {
                 break;
@@ -182,6 +213,7 @@ fn move_due_timers(py: Python<'_>, this: &EventLoop) {
             } else {
                 let handle = timer.into_bound(py).into_super().unbind();
                 state.ready.push_back(handle);
+                state.counters.timers_fired += 1;
             }
         }
     }
@@ -196,16 +228,32 @@ fn run_ready(slf: &Bound<'_, EventLoop>) -> PyResult<()> {
     let this = slf.get();
     let count = this.state.borrow_mut(py).ready.len();
     for _ in 0..count {
-        let Some(handle) = this.state.borrow_mut(py).ready.pop_front() else {
-            break;
+        let handle = {
+            let mut state = this.state.borrow_mut(py);
+            let Some(handle) = state.ready.pop_front() else {
+                break;
+            };
+            state.counters.popped += 1;
+            let queued = handle.get().queued_ns();
+            if queued != 0 {
+                let lag = clock::now_ns().saturating_sub(queued).max(0) as u64;
+                state.counters.lag.record(lag);
+            }
+            handle
         };
         let h = handle.get();
         if h.is_cancelled() {
+            this.state.borrow_mut(py).counters.skipped += 1;
             continue;
         }
         let debug = this.debug.load(Ordering::Relaxed);
         let started = if debug { clock::now_ns() } else { 0 };
-        if let Err(err) = h.run(py) {
+        // For stall reports: the handle stays referenced by `handle` until this is cleared.
+        this.current_handle
+            .store(handle.as_ptr() as usize, Ordering::Relaxed);
+        let outcome = h.run(py);
+        this.current_handle.store(0, Ordering::Relaxed);
+        if let Err(err) = outcome {
             report_callback_error(slf, &handle, err)?;
         }
         if debug {

@@ -43,6 +43,7 @@ use super::write_buffer::send;
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 use crate::sockaddr::{numeric_sockaddr, sockaddr_to_py};
+use crate::stats::{IoStats, OpenTransport, TransportKind};
 
 /// Bytes one `recvfrom` asks for at most (asyncio's `max_size`).
 const MAX_READ_SIZE: usize = 256 * 1024;
@@ -78,12 +79,16 @@ struct DatagramState {
     buffer_size: usize,
     flow: FlowControl,
     lifecycle: Lifecycle,
+    /// Counts the transport as open in its loop's `stats()` until connection_lost.
+    open: Option<OpenTransport>,
 }
 
 /// The Rust half of a datagram transport.
 #[pyclass(module = "ferroloop._core", frozen)]
 pub struct DatagramCore {
     fd: RawFd,
+    /// The loop's byte counters.
+    io: Option<std::sync::Arc<IoStats>>,
     family: i32,
     /// The socket had a peer name when the transport was made: send with `send()`.
     connected: bool,
@@ -211,6 +216,9 @@ impl DatagramCore {
                 )
             };
             if n >= 0 {
+                if let Some(io) = &self.io {
+                    io.read(n as usize);
+                }
                 let data = PyBytes::new(py, &buf[..n as usize]);
                 break Ok((data.into_any().unbind(), len as usize));
             }
@@ -292,7 +300,12 @@ impl DatagramCore {
             };
             match result {
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                other => return Sent::from_io(other),
+                other => {
+                    if let (Ok(n), Some(io)) = (&other, &self.io) {
+                        io.written(*n);
+                    }
+                    return Sent::from_io(other);
+                }
             }
         }
     }
@@ -337,8 +350,10 @@ impl DatagramCore {
             Some(a) if a.is_truthy()? => Some(a.unbind()),
             _ => None,
         };
+        let open = OpenTransport::register(event_loop.bind(sock.py()), TransportKind::Datagram);
         Ok(DatagramCore {
             fd,
+            io: open.as_ref().map(OpenTransport::io_arc),
             family,
             connected,
             header_size,
@@ -353,6 +368,7 @@ impl DatagramCore {
                 buffer_size: 0,
                 flow: FlowControl::default(),
                 lifecycle: Lifecycle::default(),
+                open,
             }),
         })
     }
@@ -552,6 +568,7 @@ impl DatagramCore {
         let result = this.call_connection_lost_on_protocol(py, exc);
         let released = {
             let mut state = this.state.borrow_mut(py);
+            state.open = None;
             (
                 state.sock.take(),
                 state.protocol.take(),

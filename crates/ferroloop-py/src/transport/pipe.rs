@@ -24,6 +24,7 @@
 //! Python, and Python objects are moved out of it before they are dropped.
 
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
@@ -40,6 +41,7 @@ use super::stream::READ_BUFFER;
 use super::write_buffer::{would_block, write_fd, WriteBuffer};
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
+use crate::stats::{IoStats, OpenTransport, TransportKind};
 
 /// After this many writes on a closed pipe, each further write logs a warning.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
@@ -55,16 +57,32 @@ struct Attachments {
     /// The loop; `None` after connection_lost.
     event_loop: Option<Py<PyAny>>,
     protocol: Option<Py<PyAny>>,
+    /// Counts the transport as open in its loop's `stats()` until connection_lost.
+    open: Option<OpenTransport>,
 }
 
 impl Attachments {
-    fn new(pipe: Py<PyAny>, owner: Py<PyAny>, event_loop: Py<PyAny>, protocol: Py<PyAny>) -> Self {
+    fn new(
+        py: Python<'_>,
+        pipe: Py<PyAny>,
+        owner: Py<PyAny>,
+        event_loop: Py<PyAny>,
+        protocol: Py<PyAny>,
+        kind: TransportKind,
+    ) -> Self {
+        let open = OpenTransport::register(event_loop.bind(py), kind);
         Attachments {
             pipe: Some(pipe),
             owner: Some(owner),
             event_loop: Some(event_loop),
             protocol: Some(protocol),
+            open,
         }
+    }
+
+    /// The loop's byte counters, if it is a ferroloop loop.
+    fn io(&self) -> Option<Arc<IoStats>> {
+        self.open.as_ref().map(OpenTransport::io_arc)
     }
 
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -253,6 +271,8 @@ struct ReadPipeState {
 #[pyclass(module = "ferroloop._core", frozen)]
 pub struct ReadPipeCore {
     fd: RawFd,
+    /// The loop's byte counters.
+    io: Option<Arc<IoStats>>,
     state: GilCell<ReadPipeState>,
 }
 
@@ -349,16 +369,26 @@ impl ReadPipeCore {
     /// `ReadPipeCore(loop, pipe, fd, protocol, owner)`; `fd` is non-blocking already.
     #[new]
     fn py_new(
+        py: Python<'_>,
         event_loop: Py<PyAny>,
         pipe: Py<PyAny>,
         fd: RawFd,
         protocol: Py<PyAny>,
         owner: Py<PyAny>,
     ) -> Self {
+        let attached = Attachments::new(
+            py,
+            pipe,
+            owner,
+            event_loop,
+            protocol,
+            TransportKind::ReadPipe,
+        );
         ReadPipeCore {
             fd,
+            io: attached.io(),
             state: GilCell::new(ReadPipeState {
-                attached: Attachments::new(pipe, owner, event_loop, protocol),
+                attached,
                 closing: false,
                 paused: false,
                 watched: false,
@@ -393,7 +423,12 @@ impl ReadPipeCore {
             // SAFETY: `buf` is a valid writable region of `buf.len()` bytes.
             let n = unsafe { libc::read(this.fd, buf.as_mut_ptr().cast(), buf.len()) };
             match n {
-                n if n > 0 => Ok(Some(PyBytes::new(py, &buf[..n as usize]).unbind())),
+                n if n > 0 => {
+                    if let Some(io) = &this.io {
+                        io.read(n as usize);
+                    }
+                    Ok(Some(PyBytes::new(py, &buf[..n as usize]).unbind()))
+                }
                 0 => Ok(None),
                 _ => Err(std::io::Error::last_os_error()),
             }
@@ -519,6 +554,8 @@ struct WritePipeState {
 #[pyclass(module = "ferroloop._core", frozen)]
 pub struct WritePipeCore {
     fd: RawFd,
+    /// The loop's byte counters.
+    io: Option<Arc<IoStats>>,
     state: GilCell<WritePipeState>,
 }
 
@@ -645,6 +682,7 @@ impl WritePipeCore {
     /// non-blocking already. `detects_peer_close` for sockets and FIFOs.
     #[new]
     fn py_new(
+        py: Python<'_>,
         event_loop: Py<PyAny>,
         pipe: Py<PyAny>,
         fd: RawFd,
@@ -652,10 +690,19 @@ impl WritePipeCore {
         owner: Py<PyAny>,
         detects_peer_close: bool,
     ) -> Self {
+        let attached = Attachments::new(
+            py,
+            pipe,
+            owner,
+            event_loop,
+            protocol,
+            TransportKind::WritePipe,
+        );
         WritePipeCore {
             fd,
+            io: attached.io(),
             state: GilCell::new(WritePipeState {
-                attached: Attachments::new(pipe, owner, event_loop, protocol),
+                attached,
                 buffer: WriteBuffer::default(),
                 flow: FlowControl::default(),
                 closing: false,
@@ -703,7 +750,10 @@ impl WritePipeCore {
         let mut written = 0;
         if queue_empty {
             match write_fd(this.fd, bytes) {
-                Ok(n) => written = n,
+                Ok(n) => {
+                    written = n;
+                    this.count_written(n);
+                }
                 Err(err) if would_block(&err) => {}
                 Err(err) => {
                     this.state.borrow_mut(py).conn_lost += 1;
@@ -773,7 +823,7 @@ impl WritePipeCore {
         if queue_empty {
             let outcome = this.state.borrow_mut(py).buffer.flush_pipe(py, this.fd);
             match outcome {
-                Ok(_) => {}
+                Ok(n) => this.count_written(n),
                 Err(err) if would_block(&err) => {}
                 Err(err) => {
                     let dropped = {
@@ -809,7 +859,7 @@ impl WritePipeCore {
             state.buffer.flush_pipe(py, this.fd)
         };
         match outcome {
-            Ok(_) => {}
+            Ok(n) => this.count_written(n),
             Err(err) if would_block(&err) => return Ok(()),
             Err(err) => {
                 let dropped = {
@@ -955,5 +1005,15 @@ impl WritePipeCore {
             .try_borrow_in_gc()
             .map(|mut state| (std::mem::take(&mut state.attached), state.buffer.take()));
         drop(released);
+    }
+}
+
+impl WritePipeCore {
+    /// Counts bytes the pipe accepted.
+    #[inline]
+    fn count_written(&self, n: usize) {
+        if let Some(io) = &self.io {
+            io.written(n);
+        }
     }
 }

@@ -44,6 +44,7 @@ use super::write_buffer::{send, would_block, WriteBuffer};
 use crate::errors::os_error;
 use crate::framing::{splitter_of, FrameSplitter};
 use crate::gil_cell::GilCell;
+use crate::stats::{IoStats, OpenTransport, TransportKind};
 
 /// Bytes one `recv` asks for at most (asyncio's `max_size`).
 const MAX_READ_SIZE: usize = 256 * 1024;
@@ -89,12 +90,16 @@ struct StreamState {
     /// The context every callback of the transport runs in (`TransportCore::context`);
     /// given on Python 3.15+ only, where asyncio's socket transports have one.
     context: Option<Py<PyAny>>,
+    /// Counts the transport as open in its loop's `stats()` until connection_lost.
+    open: Option<OpenTransport>,
 }
 
 /// The Rust half of a socket stream transport.
 #[pyclass(module = "ferroloop._core", frozen)]
 pub struct StreamCore {
     fd: RawFd,
+    /// The loop's byte counters (None for a loop that is not ferroloop's).
+    io: Option<std::sync::Arc<IoStats>>,
     state: GilCell<StreamState>,
 }
 
@@ -176,6 +181,7 @@ impl StreamCore {
             Receiver::Data(_) => Ok(READ_BUFFER.with_borrow_mut(|buf| {
                 // SAFETY: `buf` is a valid writable region of `buf.len()` bytes.
                 let n = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                self.count_read(n);
                 classify(n, |n| {
                     ReadOutcome::Data(PyBytes::new(py, &buf[..n]).unbind())
                 })
@@ -191,6 +197,7 @@ impl StreamCore {
                 }
                 // SAFETY: `room` is a valid writable region of `room.len()` bytes.
                 let n = unsafe { libc::recv(self.fd, room.as_mut_ptr().cast(), room.len(), 0) };
+                self.count_read(n);
                 Ok(classify(n, ReadOutcome::Filled))
             }
             Receiver::Framed(splitter) => Ok(match splitter.get().receive(py, self.fd) {
@@ -314,8 +321,10 @@ impl StreamCore {
     ) -> PyResult<Self> {
         let fd: RawFd = sock.call_method0("fileno")?.extract()?;
         let receiver = receiver_for(&protocol)?;
+        let open = OpenTransport::register(event_loop.bind(sock.py()), TransportKind::Stream);
         Ok(StreamCore {
             fd,
+            io: open.as_ref().map(|o| o.io_arc()),
             state: GilCell::new(StreamState {
                 sock: Some(sock.unbind()),
                 owner: Some(owner),
@@ -330,6 +339,7 @@ impl StreamCore {
                 cork: None,
                 empty_waiter: None,
                 context,
+                open,
             }),
         })
     }
@@ -471,7 +481,10 @@ impl StreamCore {
         let mut sent = 0;
         if queue_empty {
             match send(this.fd, bytes) {
-                Ok(n) => sent = n,
+                Ok(n) => {
+                    sent = n;
+                    this.count_written(n);
+                }
                 Err(err) if would_block(&err) => {}
                 Err(err) => {
                     return Self::fatal_error(
@@ -530,7 +543,7 @@ impl StreamCore {
             state.buffer.flush(py, this.fd)
         };
         match outcome {
-            Ok(_) => {}
+            Ok(n) => this.count_written(n),
             Err(err) if would_block(&err) => return Ok(()),
             Err(err) => {
                 let (dropped, waiter) = {
@@ -631,6 +644,8 @@ impl StreamCore {
                 state.owner.take(),
             )
         };
+        let open = this.state.borrow_mut(py).open.take();
+        drop(open);
         let (sock, protocol, receiver, event_loop, server, owner) = released;
         let closed = match &sock {
             Some(sock) => sock.call_method0(py, intern!(py, "close")).map(drop),
@@ -822,5 +837,23 @@ impl StreamCore {
             sock.call_method1(py, "shutdown", (shut_wr,))?;
         }
         Ok(())
+    }
+}
+
+impl StreamCore {
+    /// Counts what a `recv` returned (nothing for an error or EOF).
+    #[inline]
+    fn count_read(&self, n: isize) {
+        if let (Some(io), true) = (&self.io, n > 0) {
+            io.read(n as usize);
+        }
+    }
+
+    /// Counts bytes the socket accepted.
+    #[inline]
+    pub(crate) fn count_written(&self, n: usize) {
+        if let Some(io) = &self.io {
+            io.written(n);
+        }
     }
 }
