@@ -67,6 +67,7 @@ impl Handle {
             context: None,
             cancelled: AtomicBool::new(false),
             source_traceback: GilCell::new(None),
+            queued_ns: AtomicI64::new(0),
         }
     }
 
