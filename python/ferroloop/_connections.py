@@ -136,6 +136,7 @@ class ConnectionsMixin:
         """Create, bind and connect one socket for `info`; OSErrors go to `errors` too."""
         family, type_, proto, _, address = info
         sock = None
+        bind_errors = None
         try:
             sock = socket.socket(family=family, type=type_, proto=proto)
             sock.setblocking(False)
@@ -169,6 +170,10 @@ class ConnectionsMixin:
             if sock is not None:
                 sock.close()
             raise
+        finally:
+            # The error's traceback keeps this frame: no list of errors may stay in it
+            # (a reference cycle through the exception, as CPython's gh-124859).
+            errors = bind_errors = None
 
     async def _race(self, infos, local_infos, delay, errors_by_attempt):
         """Happy eyeballs: start the next attempt when one fails or `delay` seconds pass;

@@ -166,7 +166,12 @@ class SocketsMixin:
         result = self._sock_connect(sock, address)
         if result is None:
             return None
-        return await result
+        try:
+            return await result
+        finally:
+            # The error's traceback keeps this frame: the future holding the same error
+            # may not stay in it (a reference cycle, as CPython's gh-124859).
+            result = None
 
     async def sock_accept(self, sock):
         """Accept a connection on the listening `sock`; returns (conn, address) with
