@@ -93,6 +93,10 @@ pub struct EventLoop {
     slow_callback_duration: AtomicU64,
     /// The clock's resolution in nanoseconds: timers due within it fire now, as in asyncio.
     pub clock_resolution_ns: i64,
+    /// True when `time` is replaced (an instance attribute such as `mock.patch.object(loop,
+    /// "time")`, or a subclass's method): the run loop and `call_later` then read the
+    /// clock through `self.time()`, as asyncio's loop always does, so that timers follow it.
+    pub python_clock: AtomicBool,
 }
 
 pub fn closed_error() -> PyErr {
@@ -100,6 +104,18 @@ pub fn closed_error() -> PyErr {
 }
 
 impl EventLoop {
+    /// The loop's time in clock nanoseconds: `CLOCK_MONOTONIC`, or `self.time()` when
+    /// `time` is replaced. Calls into Python then: no borrow of the state may be held.
+    pub fn now_ns(slf: &Bound<'_, Self>) -> PyResult<i64> {
+        if !slf.get().python_clock.load(Ordering::Relaxed) {
+            return Ok(ferroloop_core::clock::now_ns());
+        }
+        let secs: f64 = slf
+            .call_method0(pyo3::intern!(slf.py(), "time"))?
+            .extract()?;
+        Ok(ferroloop_core::clock::secs_to_ns(secs))
+    }
+
     /// Raises `RuntimeError('Event loop is closed')` when closed.
     #[inline]
     pub fn ensure_open(&self) -> PyResult<()> {
@@ -213,6 +229,7 @@ impl EventLoop {
             cancelled_timers: Arc::new(AtomicUsize::new(0)),
             slow_callback_duration: AtomicU64::new(DEFAULT_SLOW_CALLBACK_DURATION.to_bits()),
             clock_resolution_ns: (resolution * 1e9).ceil() as i64,
+            python_clock: AtomicBool::new(false),
         })
     }
 
@@ -272,8 +289,20 @@ impl EventLoop {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
         let delay: f64 = delay.extract()?;
-        let when = ferroloop_core::clock::now_secs() + delay;
+        let when = if slf.get().python_clock.load(Ordering::Relaxed) {
+            slf.call_method0(pyo3::intern!(slf.py(), "time"))?
+                .extract::<f64>()?
+                + delay
+        } else {
+            ferroloop_core::clock::now_secs() + delay
+        };
         Self::schedule_at(slf, when, callback, args, context, "call_later")
+    }
+
+    /// Tells the loop whether `time` is replaced (see `python_clock`); the Python class
+    /// calls it when the attribute is set or deleted, and for subclasses.
+    fn _use_python_clock(&self, on: bool) {
+        self.python_clock.store(on, Ordering::Relaxed);
     }
 
     /// True between `run_forever`'s start and end.

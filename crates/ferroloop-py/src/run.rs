@@ -50,7 +50,8 @@ impl EventLoop {
 fn run_once(slf: &Bound<'_, EventLoop>, events: &mut Events) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
-    let (wait, poller) = plan_wait(py, this);
+    let now = EventLoop::now_ns(slf)?;
+    let (wait, poller) = plan_wait(py, this, now);
     let polled = match (wait, poller) {
         (Wait::NoWait { any_fds: false }, _) | (_, None) => false,
         (Wait::NoWait { any_fds: true }, Some(poller)) => {
@@ -68,12 +69,14 @@ fn run_once(slf: &Bound<'_, EventLoop>, events: &mut Events) -> PyResult<()> {
     if this.dns_pending.swap(false, Ordering::Relaxed) {
         crate::dns::deliver_answers(slf)?;
     }
-    move_due_timers(py, this);
+    let now = EventLoop::now_ns(slf)?;
+    move_due_timers(py, this, now);
     run_ready(slf)
 }
 
-/// Decides how long to wait; sets `polling` when the loop will sleep (see its doc).
-fn plan_wait(py: Python<'_>, this: &EventLoop) -> (Wait, Option<Arc<Poller>>) {
+/// Decides how long to wait, the time being `now` (clock nanoseconds); sets `polling`
+/// when the loop will sleep (see its doc).
+fn plan_wait(py: Python<'_>, this: &EventLoop, now: i64) -> (Wait, Option<Arc<Poller>>) {
     let mut state = this.state.borrow_mut(py);
     let newly_cancelled = this.cancelled_timers.swap(0, Ordering::Relaxed);
     state.timers.note_cancelled(newly_cancelled);
@@ -83,7 +86,7 @@ fn plan_wait(py: Python<'_>, this: &EventLoop) -> (Wait, Option<Arc<Poller>>) {
         return (Wait::NoWait { any_fds }, poller);
     }
     let timeout = state.timers.peek().map(|(deadline, _)| {
-        let remaining = deadline.saturating_sub(clock::now_ns()).max(0) as u64;
+        let remaining = deadline.saturating_sub(now).max(0) as u64;
         Duration::from_nanos(remaining).min(MAX_POLL_TIMEOUT)
     });
     if timeout == Some(Duration::ZERO) {
@@ -148,9 +151,9 @@ fn dispatch_io(py: Python<'_>, this: &EventLoop, events: &Events) {
     drop(stale);
 }
 
-/// Moves every timer due within the clock's resolution to the ready queue, dropping
-/// cancelled ones; compacts the heap when cancelled timers dominate it.
-fn move_due_timers(py: Python<'_>, this: &EventLoop) {
+/// Moves every timer due within the clock's resolution of `now` to the ready queue,
+/// dropping cancelled ones; compacts the heap when cancelled timers dominate it.
+fn move_due_timers(py: Python<'_>, this: &EventLoop, now: i64) {
     let mut dead: Vec<Py<TimerHandle>> = Vec::new();
     {
         let mut state = this.state.borrow_mut(py);
@@ -167,7 +170,7 @@ fn move_due_timers(py: Python<'_>, this: &EventLoop) {
             drop(dead);
             return;
         }
-        let end = clock::now_ns().saturating_add(this.clock_resolution_ns);
+        let end = now.saturating_add(this.clock_resolution_ns);
         while let Some((deadline, _)) = state.timers.peek() {
             if deadline >= end {
                 break;
