@@ -356,3 +356,26 @@ def test_subclass_time_is_the_clock_of_the_timers(loop):
         assert time.monotonic() - started < 5
     finally:
         shifted.close()
+
+
+def test_call_at_keeps_an_int_when(loop):
+    """call_at(int) gives a handle whose when() is that int, as asyncio's (aiohttp rounds
+    its deadlines up with math.ceil and checks the type); a float stays a float."""
+    import math
+
+    when = math.ceil(loop.time() + 3600)
+    at_int = loop.call_at(when, lambda: None)
+    at_float = loop.call_at(when + 0.5, lambda: None)
+    later = loop.call_later(3600, lambda: None)
+    try:
+        assert at_int.when() == when
+        assert type(at_int.when()) is int
+        assert type(at_int._when) is int
+        assert f"when={when} " in repr(at_int)
+        assert type(at_float.when()) is float
+        assert at_float.when() == when + 0.5
+        assert type(later.when()) is float
+        assert at_int < at_float
+    finally:
+        for handle in (at_int, at_float, later):
+            handle.cancel()

@@ -20,7 +20,7 @@ use ferroloop_core::waker::Waker;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyInt, PyTuple};
 
 use crate::gil_cell::GilCell;
 use crate::handle::{Handle, TimerHandle};
@@ -272,8 +272,9 @@ impl EventLoop {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
+        let when_int = when.cast_exact::<PyInt>().ok().map(|i| i.clone().unbind());
         let when: f64 = when.extract()?;
-        Self::schedule_at(slf, when, callback, args, context, "call_at")
+        Self::schedule_at(slf, when, when_int, callback, args, context, "call_at")
     }
 
     /// Schedules `callback(*args)` after `delay` seconds; returns its `TimerHandle`.
@@ -296,7 +297,7 @@ impl EventLoop {
         } else {
             ferroloop_core::clock::now_secs() + delay
         };
-        Self::schedule_at(slf, when, callback, args, context, "call_later")
+        Self::schedule_at(slf, when, None, callback, args, context, "call_later")
     }
 
     /// Tells the loop whether `time` is replaced (see `python_clock`); the Python class
@@ -421,6 +422,7 @@ impl EventLoop {
     fn schedule_at(
         slf: &Bound<'_, Self>,
         when: f64,
+        when_int: Option<Py<PyInt>>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
@@ -433,7 +435,13 @@ impl EventLoop {
             Self::debug_checks(slf, &callback, method, true)?;
         }
         let handle = Handle::create(py, callback.unbind(), args.unbind(), context)?;
-        let timer = TimerHandle::create(py, handle, when, Arc::clone(&this.cancelled_timers))?;
+        let timer = TimerHandle::create(
+            py,
+            handle,
+            when,
+            when_int,
+            Arc::clone(&this.cancelled_timers),
+        )?;
         if this.debug.load(Ordering::Relaxed) {
             slf.call_method1(pyo3::intern!(py, "_capture_source_traceback"), (&timer,))?;
         }
