@@ -44,7 +44,7 @@ REQUIREMENTS = HERE / "requirements.txt"
 LOOPS = ("ferroloop", "asyncio")
 
 sys.path.insert(0, str(HERE))
-from expected import EXPECTED_FAILURES  # noqa: E402
+from expected import EXPECTED_FAILURES, UNJUDGED  # noqa: E402
 
 # name: (version, the package's source directory in the sdist, pytest options). The
 # options replace the suite's addopts where those need tools we leave out (coverage) or
@@ -236,7 +236,8 @@ def run_suite(python, name, loop, paths=None) -> dict:
 def judge(report: dict) -> list[str]:
     """What is wrong with one run: unexpected failures, expected ones that no longer fail,
     and a run that did not use the loop it names."""
-    problems = [f"unexpected failure: {n}" for n in report["failures"]]
+    unjudged = UNJUDGED.get(report["suite"], {})
+    problems = [f"unexpected failure: {n}" for n in report["failures"] if n not in unjudged]
     if not report["outcomes"]:
         problems.append("no test ran (see the log)")
     loops = report["ferroloop_loops"]
@@ -275,7 +276,8 @@ def on_asyncio(python, report: dict, reports: list[dict]) -> dict[str, str]:
     results = out / f"{report['suite']}-asyncio-diagnosis.jsonl"
     log_path = out / f"{report['suite']}-asyncio-diagnosis.log"
     log(f"{report['suite']}: running what failed on ferroloop on asyncio's loop")
-    pytest_run(python, tree, report["suite"], "asyncio", results, log_path, report["failures"])
+    failures = report["failures_judged"]
+    pytest_run(python, tree, report["suite"], "asyncio", results, log_path, failures)
     return read_results(results)[0]
 
 
@@ -299,7 +301,9 @@ def main() -> int:
             log(summary_line(reports[-1]))
     for report in reports:
         report["asyncio_outcomes"] = {}
-        if report["loop"] == "ferroloop" and report["failures"]:
+        judged = [n for n in report["failures"] if n not in UNJUDGED.get(report["suite"], {})]
+        if report["loop"] == "ferroloop" and judged:
+            report["failures_judged"] = judged
             report["asyncio_outcomes"] = on_asyncio(python, report, reports)
     failed = False
     print()
@@ -307,10 +311,15 @@ def main() -> int:
         print(summary_line(report))
         for nodeid in report["flaky"]:
             print(f"    flaky (passed when run again): {nodeid}")
+        for nodeid in UNJUDGED.get(report["suite"], {}):
+            if report["outcomes"].get(nodeid) in BAD:
+                print(f"    failed, not judged (see expected.py): {nodeid}")
         for problem in judge(report):
             print(f"    {problem}")
             failed = True
         for nodeid in report["failures"]:
+            if nodeid in UNJUDGED.get(report["suite"], {}):
+                continue
             there = report["asyncio_outcomes"].get(nodeid)
             if there in BAD:
                 verdict = "fails there too: the environment? (expected.py, with the reason)"
