@@ -18,8 +18,9 @@ it), and ferroloop_upstream.py (a pytest plugin) plugs it in.
 A test that fails on ferroloop must be on the suite's list in expected.py, whose entries
 are failures that asyncio's own loop has too (this machine's environment): a failure
 of neither kind fails the run, and so does an entry that passes (the list only shrinks).
-Listed tests run apart from the others (what they leave behind, such as sockets for the
-garbage collector, would fail later tests). A failure is run once more before it counts
+Listed tests (and the unjudged ones, UNJUDGED in expected.py) run apart from the others
+(what they leave behind, such as sockets or child processes for the garbage collector,
+would fail later tests). A failure is run once more before it counts
 (timing-sensitive tests on 2 shared cores); a pass then is reported as flaky.
 """
 
@@ -194,7 +195,8 @@ def run_suite(python, name, loop, paths=None) -> dict:
     out = CACHE / "results"
     out.mkdir(parents=True, exist_ok=True)
     expected = sorted(EXPECTED_FAILURES.get(name, {}))
-    deselect = [arg for nodeid in expected for arg in ("--deselect", nodeid)]
+    apart = expected + sorted(UNJUDGED.get(name, {}))
+    deselect = [arg for nodeid in apart for arg in ("--deselect", nodeid)]
     results, log_path = out / f"{name}-{loop}.jsonl", out / f"{name}-{loop}.log"
     log(f"{name} on {loop}: running (log {log_path.relative_to(ROOT)})")
     seconds = pytest_run(python, tree, name, loop, results, log_path, [*deselect, *(paths or [])])
@@ -211,12 +213,16 @@ def run_suite(python, name, loop, paths=None) -> dict:
                 outcomes[nodeid] = "passed"
                 flaky.append(nodeid)
     expected_outcomes = {}
-    if expected:
+    if apart:
         expected_results = out / f"{name}-{loop}-expected.jsonl"
         expected_log = out / f"{name}-{loop}-expected.log"
-        seconds += pytest_run(python, tree, name, loop, expected_results, expected_log, expected)
+        seconds += pytest_run(python, tree, name, loop, expected_results, expected_log, apart)
         expected_outcomes, more_loops = read_results(expected_results)
         loops += more_loops
+        for nodeid in UNJUDGED.get(name, {}):
+            outcome = expected_outcomes.pop(nodeid, None)
+            if outcome is not None:
+                outcomes[nodeid] = outcome
     counts: dict[str, int] = {}
     for outcome in [*outcomes.values(), *expected_outcomes.values()]:
         counts[outcome] = counts.get(outcome, 0) + 1
