@@ -143,6 +143,36 @@ def test_connection_refused(loop):
     loop.run_until_complete(main())
 
 
+@pytest.mark.parametrize("connect", ["create_connection", "sock_connect"])
+def test_refused_error_is_referenced_by_nothing_of_the_loop(loop, connect):
+    """A failed connect leaves its error referenced only by whoever caught it: no list of
+    errors and no future in the frames its traceback keeps (anyio checks this with
+    gc.get_referrers, after CPython's gh-124859; a cycle keeps every frame alive)."""
+    import gc
+
+    port = free_port_refused()
+
+    async def attempt(caught):
+        try:
+            if connect == "create_connection":
+                await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+            else:
+                with socket.socket() as sock:
+                    sock.setblocking(False)
+                    await loop.sock_connect(sock, ("127.0.0.1", port))
+        except OSError as exc:
+            caught.append(exc)
+
+    async def main():
+        caught = []
+        await loop.create_task(attempt(caught))
+        error = caught.pop()
+        assert isinstance(error, ConnectionRefusedError)
+        assert gc.get_referrers(error) == []
+
+    loop.run_until_complete(main())
+
+
 def test_unix_connection_to_missing_path(loop):
     async def main():
         with tempfile.TemporaryDirectory() as tmp:

@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import tempfile
+import threading
 
 import pytest
 from support import run_until
@@ -650,3 +651,36 @@ def test_debug_mode_logs_the_new_endpoint(loop, caplog):
     )
     assert any(m.startswith("Datagram endpoint remote_addr=") for m in messages)
     close_all(loop, client_tr, tr)
+
+
+def test_unix_datagram_stale_check_is_off_the_loop_thread(loop, loop_kind, tmpdir_short):
+    """The stale-socket check of a Unix datagram endpoint's local_addr (os.stat, then
+    os.remove): asyncio makes it on the loop's thread, ferroloop on a thread of its own.
+    The stale socket file is still replaced."""
+    path = os.path.join(tmpdir_short, "server")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stale.bind(path)
+    stale.close()  # leaves the socket file behind
+    loop_thread = threading.get_ident()
+    on_loop_thread = []
+    real_stat = os.stat
+
+    def stat(*args, **kwargs):
+        if threading.get_ident() == loop_thread:
+            on_loop_thread.append(args[0])
+        return real_stat(*args, **kwargs)
+
+    os.stat = stat
+    try:
+        server_tr, server = endpoint(loop, local_addr=path, family=socket.AF_UNIX)
+    finally:
+        os.stat = real_stat
+    client_tr, _ = endpoint(loop, remote_addr=path, family=socket.AF_UNIX)
+    client_tr.sendto(b"fresh")
+    run_until(loop, lambda: server.received)
+    assert server.received == [(b"fresh", None)]
+    close_all(loop, client_tr, server_tr)
+    if loop_kind == "asyncio":
+        assert on_loop_thread == [path]
+    else:
+        assert on_loop_thread == []

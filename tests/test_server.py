@@ -9,6 +9,7 @@ import os
 import socket
 import sys
 import tempfile
+import threading
 
 import pytest
 from support import PATIENCE
@@ -328,6 +329,48 @@ def test_unix_server_existing_regular_file(loop):
             )
 
     loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("cleanup_socket", [False, True])
+def test_unix_server_filesystem_calls_are_off_the_loop_thread(
+    loop, loop_kind, monkeypatch, cleanup_socket
+):
+    """create_unix_server's stale-socket check (os.stat, os.remove) and the stat for
+    cleanup_socket: asyncio makes them on the loop's thread, ferroloop on a thread of its
+    own (aiohttp's suite, with blockbuster: "Blocking call to os.stat"). The stale socket
+    is still replaced, and the server works."""
+    loop_thread = threading.get_ident()
+    on_loop_thread = []
+
+    def recording(name, real):
+        def call(*args, **kwargs):
+            if threading.get_ident() == loop_thread:
+                on_loop_thread.append(name)
+            return real(*args, **kwargs)
+
+        return call
+
+    async def main():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "sock")
+            stale = socket.socket(socket.AF_UNIX)
+            stale.bind(path)
+            stale.close()
+            for name in ("stat", "remove", "unlink"):
+                monkeypatch.setattr(os, name, recording(name, getattr(os, name)))
+            takes_cleanup = loop_kind == "ferroloop" or sys.version_info >= (3, 13)
+            kwargs = {"cleanup_socket": cleanup_socket} if takes_cleanup else {}
+            server = await loop.create_unix_server(Echo, path, **kwargs)
+            monkeypatch.undo()
+            assert await unix_round_trip(path) == b"ping"
+            server.close()
+            await server.wait_closed()
+
+    loop.run_until_complete(main())
+    if loop_kind == "asyncio":
+        assert "stat" in on_loop_thread
+    else:
+        assert on_loop_thread == []
 
 
 def test_unix_server_cleanup_socket(loop, loop_kind):

@@ -306,3 +306,76 @@ def test_asyncio_timeout_context_manager(loop):
         return "ok"
 
     assert loop.run_until_complete(main()) == "ok"
+
+
+def test_replaced_time_is_the_clock_of_the_timers(loop):
+    """Replacing loop.time (mock.patch.object, as aiohttp's keep-alive test does) moves
+    the timers: asyncio's loop reads its clock through self.time(). Once restored, the
+    real clock is the timers' clock again."""
+    from unittest import mock
+
+    async def main():
+        fired = []
+        now = loop.time()
+        with mock.patch.object(loop, "time") as fake:
+            fake.return_value = now
+            loop.call_at(now + 1000, fired.append, "call_at")
+            loop.call_later(500, fired.append, "call_later")
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert fired == []
+            fake.return_value = now + 1000
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert sorted(fired) == ["call_at", "call_later"]
+        assert "time" not in vars(loop)
+        started = time.monotonic()
+        await asyncio.sleep(0.05)
+        assert 0.05 <= time.monotonic() - started < 5
+
+    loop.run_until_complete(main())
+
+
+def test_subclass_time_is_the_clock_of_the_timers(loop):
+    """A subclass's time() is its loop's clock (asyncio's test loops rely on it): a timer
+    due by that clock fires, though the monotonic clock is an hour behind it."""
+
+    class Shifted(type(loop)):
+        def time(self):
+            return super().time() + 3600
+
+    shifted = Shifted()
+    try:
+        fired = []
+        shifted.call_at(shifted.time() + 0.01, fired.append, "call_at")
+        shifted.call_later(0.02, fired.append, "call_later")
+        shifted.call_later(0.03, shifted.stop)
+        started = time.monotonic()
+        assert not run_with_guard(shifted)
+        assert fired == ["call_at", "call_later"]
+        assert time.monotonic() - started < 5
+    finally:
+        shifted.close()
+
+
+def test_call_at_keeps_an_int_when(loop):
+    """call_at(int) gives a handle whose when() is that int, as asyncio's (aiohttp rounds
+    its deadlines up with math.ceil and checks the type); a float stays a float."""
+    import math
+
+    when = math.ceil(loop.time() + 3600)
+    at_int = loop.call_at(when, lambda: None)
+    at_float = loop.call_at(when + 0.5, lambda: None)
+    later = loop.call_later(3600, lambda: None)
+    try:
+        assert at_int.when() == when
+        assert type(at_int.when()) is int
+        assert type(at_int._when) is int
+        assert f"when={when} " in repr(at_int)
+        assert type(at_float.when()) is float
+        assert at_float.when() == when + 0.5
+        assert type(later.when()) is float
+        assert at_int < at_float
+    finally:
+        for handle in (at_int, at_float, later):
+            handle.cancel()

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Build, demo, test and benchmark ferroloop from a fresh clone.
 
-Usage: python3 tools/dev.py {build,demo,test,lint,conformance,compat,bench,versions,pythons,wheels}
+Usage: python3 tools/dev.py {build,demo,test,lint,conformance,compat,upstream,bench,versions,
+                             pythons,wheels}
 
 Everything is installed into ./.venv (created on first use) with the interpreter that
 runs this script, or with the one named by $FERROLOOP_PYTHON. Needs only Python 3.11+
@@ -143,6 +144,14 @@ def compat() -> None:
     run([*tests, ROOT / "compat", "--rootdir", ROOT / "compat"], env=env)
 
 
+def upstream(args: list[str] | None = None) -> None:
+    """anyio's, aiohttp's and uvicorn's own test suites (from their sdists), on ferroloop
+    and on asyncio's loop (compat/upstream/run.py; arguments such as `--suite aiohttp`
+    and `--loop ferroloop` are passed on), with ferroloop as built into the source tree
+    by `build`."""
+    run([sys.executable, ROOT / "compat" / "upstream" / "run.py", *(args or sys.argv[2:])])
+
+
 def test() -> None:
     started = time.monotonic()
     build()
@@ -151,6 +160,9 @@ def test() -> None:
     conformance()
     run([venv_python(), "-m", "pytest", "-q", "tests"])
     compat()
+    # anyio's and uvicorn's own suites whole, aiohttp's in part, on ferroloop; the rest
+    # (aiohttp whole, everything on asyncio's loop too) is `tools/dev.py upstream`.
+    upstream(["--ci"])
     for minor in CI_EXTRA_VERSIONS:
         test_version(minor)
     print(f"all checks passed in {time.monotonic() - started:.0f} s")
@@ -252,6 +264,7 @@ COMMANDS = {
     "lint": lint,
     "conformance": conformance,
     "compat": compat,
+    "upstream": lambda: (build(), upstream()),
     "bench": bench,
     "versions": versions,
     "pythons": install_pythons,

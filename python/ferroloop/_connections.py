@@ -17,6 +17,7 @@ import socket
 import stat
 import sys
 
+from ._offload import run_off_loop
 from ._server import Server
 from ._sockets import _reject_ssl_socket
 from ._stream import make_socket_transport
@@ -136,6 +137,7 @@ class ConnectionsMixin:
         """Create, bind and connect one socket for `info`; OSErrors go to `errors` too."""
         family, type_, proto, _, address = info
         sock = None
+        bind_errors = None
         try:
             sock = socket.socket(family=family, type=type_, proto=proto)
             sock.setblocking(False)
@@ -170,9 +172,9 @@ class ConnectionsMixin:
                 sock.close()
             raise
         finally:
-            # The exception's traceback holds this frame, and `errors` holds the exception:
-            # a cycle that would keep it (and all it references) alive until a GC pass.
-            errors = None
+            # The error's traceback keeps this frame: no list of errors may stay in it
+            # (a reference cycle through the exception, as CPython's gh-124859).
+            errors = bind_errors = None
 
     async def _race(self, infos, local_infos, delay, errors_by_attempt):
         """Happy eyeballs: start the next attempt when one fails or `delay` seconds pass;
@@ -582,18 +584,18 @@ class ConnectionsMixin:
         _check_tls_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         path = _unix_path_or_sock(path, sock, "path was not specified, and no sock specified")
 
-        if path is not None:
-            sock = _bind_unix(path)
-        unix_paths = {}
         if cleanup_socket is None:
             cleanup_socket = _CLEANUP_UNIX_SOCKETS_BY_DEFAULT
-        if cleanup_socket:
-            bound = sock.getsockname()
-            if bound and bound[0] not in (0, "\x00"):  # not an abstract socket
-                try:
-                    unix_paths[sock] = (bound, os.stat(bound).st_ino)
-                except FileNotFoundError:
-                    pass
+        unix_paths = {}
+        if path is not None or cleanup_socket:
+            # The stale-socket check, the bind and the stat for cleanup touch the
+            # filesystem: not on the loop thread.
+            discard = _close_listener if path is not None else None
+            sock, identity = await run_off_loop(
+                self, _unix_listener, path, sock, cleanup_socket, discard=discard
+            )
+            if identity is not None:
+                unix_paths[sock] = identity
         sock.setblocking(False)
         server = Server(
             self,
@@ -609,6 +611,33 @@ class ConnectionsMixin:
             server._start_serving()
             await asyncio.sleep(0)
         return server
+
+
+def _unix_listener(path, sock, cleanup):
+    """`(sock, identity)`: a new socket bound at `path` (see `_bind_unix`) unless `sock` is
+    given; with `cleanup`, `identity` is the (path, inode) of its socket file, else None.
+    Makes blocking filesystem calls: run off the loop thread."""
+    if path is not None:
+        sock = _bind_unix(path)
+    try:
+        if not cleanup:
+            return sock, None
+        bound = sock.getsockname()
+        if not bound or bound[0] in (0, "\x00"):  # unbound or an abstract socket
+            return sock, None
+        try:
+            return sock, (bound, os.stat(bound).st_ino)
+        except FileNotFoundError:
+            return sock, None
+    except BaseException:
+        if path is not None:
+            sock.close()
+        raise
+
+
+def _close_listener(listener):
+    """Closes the socket of a `_unix_listener` result nobody took."""
+    listener[0].close()
 
 
 def _bind_unix(path):

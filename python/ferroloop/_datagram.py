@@ -18,6 +18,7 @@ import warnings
 from asyncio import trsock
 
 from ._core import DatagramCore
+from ._offload import run_off_loop
 from ._transport_base import SocketTransportBase, finish_waiter
 
 logger = logging.getLogger("asyncio")
@@ -317,8 +318,9 @@ class DatagramMixin:
             for addr in (local_addr, remote_addr):
                 if addr is not None and not isinstance(addr, str):
                     raise TypeError("string is expected")
-            if local_addr:
-                _remove_stale_unix_socket(local_addr)
+            if local_addr and local_addr[0] not in (0, "\x00"):
+                # A filesystem check: not on the loop thread.
+                await run_off_loop(self, _remove_stale_unix_socket, local_addr)
             return [((family, proto), (local_addr, remote_addr))]
         # Addresses grouped by (family, proto), in the order getaddrinfo gives them.
         by_key = {}

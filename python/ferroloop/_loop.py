@@ -81,6 +81,9 @@ class Loop(
     _remove_writer = _core.Loop.remove_writer
 
     def __init__(self):
+        # A subclass's time() is the loop's clock, as in asyncio (see __setattr__).
+        if type(self).time is not _core.Loop.time:
+            self._use_python_clock(True)
         # fd -> transport, so add_reader/add_writer refuse an fd a transport owns.
         self._transports = weakref.WeakValueDictionary()
         self._init_running()
@@ -88,6 +91,19 @@ class Loop(
         self._init_subprocesses()
         self.set_debug(_debug_from_environment())
         self._init_stall_from_environment()
+
+    def __setattr__(self, name, value):
+        # asyncio's loop reads its clock through self.time(), so replacing `time` (as
+        # mock.patch.object(loop, "time") does in aiohttp's tests) moves its timers too;
+        # ferroloop's Rust clock then defers to the replacement.
+        super().__setattr__(name, value)
+        if name == "time":
+            self._use_python_clock(True)
+
+    def __delattr__(self, name):
+        super().__delattr__(name)
+        if name == "time":
+            self._use_python_clock(type(self).time is not _core.Loop.time)
 
     def add_reader(self, fd, callback, *args):
         """Calls `callback(*args)` whenever `fd` is readable (level-triggered)."""

@@ -169,7 +169,8 @@ class SocketsMixin:
         try:
             return await result
         finally:
-            # On failure the future holds the exception, whose traceback holds this frame.
+            # The error's traceback keeps this frame: the future holding the same error
+            # may not stay in it (a reference cycle, as CPython's gh-124859).
             result = None
 
     async def sock_accept(self, sock):

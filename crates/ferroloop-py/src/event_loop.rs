@@ -21,7 +21,7 @@ use ferroloop_core::waker::Waker;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyInt, PyTuple};
 
 use crate::gil_cell::GilCell;
 use crate::handle::{Handle, TimerHandle};
@@ -106,6 +106,10 @@ pub struct EventLoop {
     pub current_handle: AtomicUsize,
     /// Bytes and open transports, counted by the Rust transports.
     pub io: Arc<IoStats>,
+    /// True when `time` is replaced (an instance attribute such as `mock.patch.object(loop,
+    /// "time")`, or a subclass's method): the run loop and `call_later` then read the
+    /// clock through `self.time()`, as asyncio's loop always does, so that timers follow it.
+    pub python_clock: AtomicBool,
 }
 
 pub fn closed_error() -> PyErr {
@@ -113,6 +117,18 @@ pub fn closed_error() -> PyErr {
 }
 
 impl EventLoop {
+    /// The loop's time in clock nanoseconds: `CLOCK_MONOTONIC`, or `self.time()` when
+    /// `time` is replaced. Calls into Python then: no borrow of the state may be held.
+    pub fn now_ns(slf: &Bound<'_, Self>) -> PyResult<i64> {
+        if !slf.get().python_clock.load(Ordering::Relaxed) {
+            return Ok(ferroloop_core::clock::now_ns());
+        }
+        let secs: f64 = slf
+            .call_method0(pyo3::intern!(slf.py(), "time"))?
+            .extract()?;
+        Ok(ferroloop_core::clock::secs_to_ns(secs))
+    }
+
     /// Raises `RuntimeError('Event loop is closed')` when closed.
     #[inline]
     pub fn ensure_open(&self) -> PyResult<()> {
@@ -235,6 +251,7 @@ impl EventLoop {
             watchdog: Mutex::new(None),
             current_handle: AtomicUsize::new(0),
             io: Arc::new(IoStats::default()),
+            python_clock: AtomicBool::new(false),
         })
     }
 
@@ -294,8 +311,9 @@ impl EventLoop {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
+        let when_int = when.cast_exact::<PyInt>().ok().map(|i| i.clone().unbind());
         let when: f64 = when.extract()?;
-        Self::schedule_at(slf, when, callback, args, context, "call_at")
+        Self::schedule_at(slf, when, when_int, callback, args, context, "call_at")
     }
 
     /// Schedules `callback(*args)` after `delay` seconds; returns its `TimerHandle`.
@@ -311,8 +329,20 @@ impl EventLoop {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
         let delay: f64 = delay.extract()?;
-        let when = ferroloop_core::clock::now_secs() + delay;
-        Self::schedule_at(slf, when, callback, args, context, "call_later")
+        let when = if slf.get().python_clock.load(Ordering::Relaxed) {
+            slf.call_method0(pyo3::intern!(slf.py(), "time"))?
+                .extract::<f64>()?
+                + delay
+        } else {
+            ferroloop_core::clock::now_secs() + delay
+        };
+        Self::schedule_at(slf, when, None, callback, args, context, "call_later")
+    }
+
+    /// Tells the loop whether `time` is replaced (see `python_clock`); the Python class
+    /// calls it when the attribute is set or deleted, and for subclasses.
+    fn _use_python_clock(&self, on: bool) {
+        self.python_clock.store(on, Ordering::Relaxed);
     }
 
     /// True between `run_forever`'s start and end.
@@ -432,6 +462,7 @@ impl EventLoop {
     fn schedule_at(
         slf: &Bound<'_, Self>,
         when: f64,
+        when_int: Option<Py<PyInt>>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
@@ -444,7 +475,13 @@ impl EventLoop {
             Self::debug_checks(slf, &callback, method, true)?;
         }
         let handle = Handle::create(py, callback.unbind(), args.unbind(), context)?;
-        let timer = TimerHandle::create(py, handle, when, Arc::clone(&this.cancelled_timers))?;
+        let timer = TimerHandle::create(
+            py,
+            handle,
+            when,
+            when_int,
+            Arc::clone(&this.cancelled_timers),
+        )?;
         if this.debug.load(Ordering::Relaxed) {
             slf.call_method1(pyo3::intern!(py, "_capture_source_traceback"), (&timer,))?;
         }

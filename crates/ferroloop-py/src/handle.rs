@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyFloat, PyInt, PyTuple};
 
 use crate::context;
 use crate::gil_cell::GilCell;
@@ -231,8 +231,12 @@ impl Handle {
 /// A callback scheduled for a point in time with `call_later`/`call_at`.
 #[pyclass(module = "ferroloop._core", frozen, extends = Handle)]
 pub struct TimerHandle {
-    /// The `when` given to `call_at`, returned unchanged by `when()`.
+    /// The `when` given to `call_at`, as seconds on the loop clock.
     when: f64,
+    /// The `when` given to `call_at` when it was an `int` (aiohttp rounds its deadlines up
+    /// with `math.ceil`): `when()` returns it unchanged, as asyncio's handle does. An int
+    /// refers to nothing, so the handle's garbage-collection support need not visit it.
+    when_int: Option<Py<PyInt>>,
     /// `when` in clock nanoseconds, the heap's key.
     pub deadline_ns: i64,
     /// True while the timer is in the loop's heap; cleared by the loop when it pops it.
@@ -243,15 +247,18 @@ pub struct TimerHandle {
 }
 
 impl TimerHandle {
-    /// A timer handle wrapping `handle`, due at `when` (seconds on the loop clock).
+    /// A timer handle wrapping `handle`, due at `when` (seconds on the loop clock;
+    /// `when_int` is the same time when the caller gave an `int`).
     pub fn create(
         py: Python<'_>,
         handle: Handle,
         when: f64,
+        when_int: Option<Py<PyInt>>,
         cancelled_in_heap: Arc<AtomicUsize>,
     ) -> PyResult<Py<TimerHandle>> {
         let timer = TimerHandle {
             when,
+            when_int,
             deadline_ns: ferroloop_core::clock::secs_to_ns(when),
             scheduled: AtomicBool::new(true),
             cancelled_in_heap,
@@ -267,9 +274,10 @@ impl TimerHandle {
 
 #[pymethods]
 impl TimerHandle {
-    /// The absolute time (loop clock, seconds) the callback is scheduled for.
-    fn when(&self) -> f64 {
-        self.when
+    /// The absolute time (loop clock, seconds) the callback is scheduled for, as given
+    /// to `call_at` (an `int` stays an `int`).
+    fn when(&self, py: Python<'_>) -> Py<PyAny> {
+        self._when(py)
     }
 
     /// Cancels the timer; the loop drops it from its heap lazily.
@@ -281,8 +289,11 @@ impl TimerHandle {
     }
 
     #[getter]
-    fn _when(&self) -> f64 {
-        self.when
+    fn _when(&self, py: Python<'_>) -> Py<PyAny> {
+        match &self.when_int {
+            Some(when) => when.clone_ref(py).into_any(),
+            None => PyFloat::new(py, self.when).into_any().unbind(),
+        }
     }
 
     #[getter]
@@ -307,7 +318,10 @@ impl TimerHandle {
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> String {
-        let extra = format!(" when={}", slf.get().when);
+        let extra = match &slf.get().when_int {
+            Some(when) => format!(" when={when}"),
+            None => format!(" when={}", slf.get().when),
+        };
         slf.as_super()
             .get()
             .describe(slf.py(), "TimerHandle", &extra)

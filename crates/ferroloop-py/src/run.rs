@@ -60,9 +60,16 @@ fn run_once(slf: &Bound<'_, EventLoop>, events: &mut Events) -> PyResult<()> {
     let this = slf.get();
     // Back at the poller: the stall watchdog sees one stamp per iteration on each side of
     // the poll, never one per callback. The clock is read once per iteration, after the
-    // poll (and before it only when the loop sleeps).
+    // poll (and before it only when the loop sleeps). A replaced `loop.time` is asked
+    // instead for the timers (asyncio's loop reads its clock through `self.time()`).
     this.stall.enter_poller();
-    let (wait, poller) = plan_wait(py, this);
+    let python_clock = this.python_clock.load(Ordering::Relaxed);
+    let loop_now = if python_clock {
+        Some(EventLoop::now_ns(slf)?)
+    } else {
+        None
+    };
+    let (wait, poller) = plan_wait(py, this, loop_now);
     let (polled, slept_at) = match (wait, poller) {
         (Wait::NoWait { any_fds: false }, _) | (_, None) => (false, None),
         (Wait::NoWait { any_fds: true }, Some(poller)) => (
@@ -83,12 +90,23 @@ fn run_once(slf: &Bound<'_, EventLoop>, events: &mut Events) -> PyResult<()> {
     if this.dns_pending.swap(false, Ordering::Relaxed) {
         crate::dns::deliver_answers(slf)?;
     }
-    move_due_timers(py, this, slept_at, woke_at);
+    let timers_now = if python_clock {
+        EventLoop::now_ns(slf)?
+    } else {
+        woke_at
+    };
+    move_due_timers(py, this, slept_at, woke_at, timers_now);
     run_ready(slf)
 }
 
-/// Decides how long to wait; sets `polling` when the loop will sleep (see its doc).
-fn plan_wait(py: Python<'_>, this: &EventLoop) -> (Wait, Option<Arc<Poller>>) {
+/// Decides how long to wait, the loop's time being `loop_now` (clock nanoseconds; None:
+/// the monotonic clock, read only if the loop may sleep); sets `polling` when the loop
+/// will sleep (see its doc).
+fn plan_wait(
+    py: Python<'_>,
+    this: &EventLoop,
+    loop_now: Option<i64>,
+) -> (Wait, Option<Arc<Poller>>) {
     let mut state = this.state.borrow_mut(py);
     state.counters.iterations += 1;
     let newly_cancelled = this.cancelled_timers.swap(0, Ordering::Relaxed);
@@ -99,7 +117,8 @@ fn plan_wait(py: Python<'_>, this: &EventLoop) -> (Wait, Option<Arc<Poller>>) {
         let any_fds = !state.fds.is_empty();
         return (Wait::NoWait { any_fds }, poller);
     }
-    let now = clock::now_ns();
+    let real_now = clock::now_ns();
+    let now = loop_now.unwrap_or(real_now);
     let timeout = state.timers.peek().map(|(deadline, _)| {
         let remaining = deadline.saturating_sub(now).max(0) as u64;
         Duration::from_nanos(remaining).min(MAX_POLL_TIMEOUT)
@@ -108,12 +127,12 @@ fn plan_wait(py: Python<'_>, this: &EventLoop) -> (Wait, Option<Arc<Poller>>) {
         let any_fds = !state.fds.is_empty();
         return (Wait::NoWait { any_fds }, poller);
     }
-    state.counters.start_sleep(now);
+    state.counters.start_sleep(real_now);
     this.polling.store(true, Ordering::SeqCst);
     (
         Wait::Sleep {
             timeout,
-            since: now,
+            since: real_now,
         },
         poller,
     )
@@ -174,16 +193,23 @@ fn dispatch_io(py: Python<'_>, this: &EventLoop, events: &Events) {
     drop(stale);
 }
 
-/// Moves every timer due within the clock's resolution to the ready queue, dropping
-/// cancelled ones; compacts the heap when cancelled timers dominate it. `now` is the
-/// clock when the poller returned (asyncio reads it there too), `slept_at` when the loop
-/// went to sleep in it, if it did.
-fn move_due_timers(py: Python<'_>, this: &EventLoop, slept_at: Option<i64>, now: i64) {
+/// Moves every timer due within the clock's resolution of `now` to the ready queue,
+/// dropping cancelled ones; compacts the heap when cancelled timers dominate it. `now` is
+/// the loop's clock when the poller returned (asyncio reads it there too); `woke_at` the
+/// monotonic clock then, and `slept_at` when the loop went to sleep in the poller, if it
+/// did (for the counters).
+fn move_due_timers(
+    py: Python<'_>,
+    this: &EventLoop,
+    slept_at: Option<i64>,
+    woke_at: i64,
+    now: i64,
+) {
     let mut dead: Vec<Py<TimerHandle>> = Vec::new();
     {
         let mut state = this.state.borrow_mut(py);
         if let Some(slept_at) = slept_at {
-            state.counters.end_sleep(slept_at, now);
+            state.counters.end_sleep(slept_at, woke_at);
         }
         if state.timers.should_compact() {
             dead = state
