@@ -152,7 +152,9 @@ def test_tight_python_loop_is_caught(floop):
     rec.wait_end()
     first = rec.reports[0]
     assert first.captured and first.stack[-1].name.endswith("spin")
-    assert "while time.monotonic() < deadline" in first.stack[-1].line
+    # Inside the spinning loop: its condition or its body (3.15 may stop on either).
+    line = first.stack[-1].line
+    assert "while time.monotonic() < deadline" in line or line == "pass"
     assert BLOCK * 0.9 <= rec.reports[1].duration
 
 
