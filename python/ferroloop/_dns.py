@@ -8,6 +8,7 @@ come back as plain ints and are turned into the socket module's enums here.
 
 from __future__ import annotations
 
+import operator
 import socket
 
 
@@ -79,6 +80,12 @@ class DnsMixin:
 
     async def getnameinfo(self, sockaddr, flags=0):
         """`socket.getnameinfo(sockaddr, flags)` without blocking."""
+        # The checks below are socket.getnameinfo's own, in its order, so bad arguments
+        # raise what asyncio (which calls it in the executor) raises.
+        flags = operator.index(flags)
+        if not -(2**31) <= flags < 2**31:
+            side = "greater than maximum" if flags > 0 else "less than minimum"
+            raise OverflowError(f"signed integer is {side}")
         if not isinstance(sockaddr, tuple):
             raise TypeError("getnameinfo() argument 1 must be a tuple")
         if not 2 <= len(sockaddr) <= 4:
@@ -92,6 +99,14 @@ class DnsMixin:
             raise OverflowError("getnameinfo(): port must be 0-65535.")
         if not 0 <= flowinfo <= 0xFFFFF:
             raise OverflowError("getnameinfo(): flowinfo must be 0-1048575.")
+        # socket.getnameinfo takes a numeric host only (AI_NUMERICHOST), so this cannot block.
+        infos = socket.getaddrinfo(
+            host, str(port), socket.AF_UNSPEC, socket.SOCK_DGRAM, 0, socket.AI_NUMERICHOST
+        )
+        if len(infos) != 1:
+            raise OSError("sockaddr resolved to multiple addresses")
+        if infos[0][0] == socket.AF_INET and len(sockaddr) != 2:
+            raise OSError("IPv4 sockaddr must be 2 tuple")
         numeric = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
         if flags & numeric == numeric:
             return socket.getnameinfo(sockaddr, flags)

@@ -75,6 +75,10 @@ class Loop(
         self._init_subprocesses()
         self.set_debug(_debug_from_environment())
 
+    def get_debug(self):
+        """What the last set_debug() was given (asyncio does not turn it into a bool)."""
+        return self._debug_given
+
     def add_reader(self, fd, callback, *args):
         """Calls `callback(*args)` whenever `fd` is readable (level-triggered)."""
         self._ensure_fd_no_transport(fd)

@@ -20,7 +20,7 @@ use ferroloop_core::waker::Waker;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyFloat, PyTuple};
 
 use crate::gil_cell::GilCell;
 use crate::handle::{Handle, TimerHandle};
@@ -271,8 +271,11 @@ impl EventLoop {
         if delay.is_none() {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
-        let delay: f64 = delay.extract()?;
-        let when = ferroloop_core::clock::now_secs() + delay;
+        // `self.time() + delay` with Python's `+`, as asyncio computes it, so a delay
+        // that is not a number fails with the same TypeError (and a huge int with the
+        // same OverflowError) as there.
+        let now = PyFloat::new(slf.py(), ferroloop_core::clock::now_secs());
+        let when: f64 = now.add(delay)?.extract()?;
         Self::schedule_at(slf, when, callback, args, context, "call_later")
     }
 
