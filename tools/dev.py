@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build, demo, test and benchmark ferroloop from a fresh clone.
 
-Usage: python3 tools/dev.py {build,demo,test,lint,conformance,compat,bench,versions,pythons}
+Usage: python3 tools/dev.py {build,demo,test,lint,conformance,compat,bench,versions,pythons,fuzz}
 
 Everything is installed into ./.venv (created on first use) with the interpreter that
 runs this script, or with the one named by $FERROLOOP_PYTHON. Needs only Python 3.11+
@@ -24,7 +24,13 @@ import pythons
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 # Tools the build and the tests need; pinned so a fresh clone builds the same way.
-DEV_REQUIREMENTS = ["maturin>=1.9,<2", "pytest>=8,<10", "ruff==0.14.*", "trustme>=1,<2"]
+DEV_REQUIREMENTS = [
+    "hypothesis==6.170.15",
+    "maturin>=1.9,<2",
+    "pytest>=8,<10",
+    "ruff==0.14.*",
+    "trustme>=1,<2",
+]
 BENCH_REQUIREMENTS = ["uvloop", "matplotlib", "trustme>=1,<2"]
 # Libraries compat/ runs unchanged on ferroloop, in their own venv (their pytest plugins and
 # dependencies stay out of .venv); pinned so that a new release cannot change a CI run.
@@ -217,6 +223,26 @@ def versions() -> None:
         test_version(minor)
 
 
+def fuzz() -> None:
+    """The differential fuzzer (tests/test_differential.py) with fresh random seeds, batch
+    after batch, for `--minutes N` (default 10); stops at the first failure."""
+    parser = argparse.ArgumentParser(prog="dev.py fuzz")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--examples", type=int, default=500, help="examples per batch")
+    options = parser.parse_args(sys.argv[2:])
+    build()
+    deadline = time.monotonic() + options.minutes * 60
+    batches = 0
+    while time.monotonic() < deadline:
+        seed = int.from_bytes(os.urandom(4), "little")
+        print(f"batch {batches + 1}, seed {seed}", flush=True)
+        env = {"FERROLOOP_FUZZ_SEED": str(seed), "FERROLOOP_FUZZ_EXAMPLES": str(options.examples)}
+        tests = [venv_python(), "-m", "pytest", "-q", "-s", "tests/test_differential.py"]
+        run([*tests, f"--hypothesis-seed={seed}"], env=env)
+        batches += 1
+    print(f"fuzz: {batches} batches of {options.examples} examples per machine, no failure")
+
+
 COMMANDS = {
     "build": build,
     "demo": demo,
@@ -227,6 +253,7 @@ COMMANDS = {
     "bench": bench,
     "versions": versions,
     "pythons": install_pythons,
+    "fuzz": fuzz,
 }
 
 
