@@ -57,7 +57,7 @@ def describe_value(value: object) -> object:
         if isinstance(value, float) and math.isnan(value):
             return "nan"
         return value
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return tuple(describe_value(v) for v in value)
     if isinstance(value, asyncio.TimerHandle) or type(value).__name__ == "TimerHandle":
         return "TimerHandle"
@@ -244,6 +244,20 @@ class Side:
             if "stopped before Future completed" not in str(exc):
                 coro.close()
             raise
+
+    def run(self, coro_function, *args):
+        """`run_until_complete(coro_function(*args))` as a task. A run that an earlier
+        loop.stop() cut short is finished by a second run: how many iterations a call
+        takes is not compared (asyncio checks getnameinfo's arguments in its executor).
+        For the same reason a stop() still pending is consumed first."""
+        outcome(self.run_briefly)
+        task = self.loop.create_task(coro_function(*args))
+        try:
+            return self.loop.run_until_complete(task)
+        except RuntimeError as exc:
+            if "stopped before Future completed" not in str(exc):
+                raise
+        return self.loop.run_until_complete(task)
 
     def drain_peer(self) -> int:
         """Reads everything the transport sent so far; returns the byte count."""

@@ -233,6 +233,31 @@ def test_getnameinfo_needs_a_numeric_host(loop):
         loop.run_until_complete(loop.getnameinfo(("localhost", 80)))
 
 
+@pytest.mark.parametrize(
+    "sockaddr", [("127.0.0.1", 70000), ("127.0.0.1", -1), ("127.0.0.1", 2**40), ("::1", 80, -1, 0)]
+)
+def test_getnameinfo_odd_ports_and_flowinfo_as_socket_getnameinfo(loop, sockaddr):
+    flags = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+    try:
+        expected = ("ok", socket.getnameinfo(sockaddr, flags))
+    except Exception as exc:  # noqa: BLE001 (the socket module's answer, whatever it is)
+        expected = (type(exc), str(exc))
+    try:
+        got = ("ok", loop.run_until_complete(loop.getnameinfo(sockaddr, flags)))
+    except Exception as exc:  # noqa: BLE001
+        got = (type(exc), str(exc))
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "error"),
+    [("flags", "x", TypeError), ("family", 1.5, TypeError), ("proto", 2**40, OverflowError)],
+)
+def test_getaddrinfo_int_arguments_of_a_name_lookup(loop, keyword, value, error):
+    with pytest.raises(error):
+        loop.run_until_complete(loop.getaddrinfo("localhost", 80, **{keyword: value}))
+
+
 # -- a protocol factory that raises in a server --------------------------------------------
 
 

@@ -13,10 +13,12 @@ and asserts that nothing escapes but ordinary Python exceptions.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import math
 import os
 import re
+import socket
 import threading
 
 from differential import (
@@ -121,6 +123,28 @@ FDS = st.sampled_from(
         None,
     ]
 )
+HOSTS = st.sampled_from(["127.0.0.1", "::1", "localhost", None, "", 123, b"127.0.0.1"])
+PORTS = st.sampled_from([0, 65536, -1, 2**70, 0.5, "0", "http", "x", None, b"0", [], 80])
+
+
+def INT_ARGS(*good):  # noqa: N802 (reads as the strategy constant it builds)
+    """Int arguments of the socket module: good values, and ones it refuses."""
+    return st.sampled_from([0, *good, -1, "x", 1.5, 2**40, None])
+
+
+SOCKADDRS = [
+    ("127.0.0.1", 80),
+    ("127.0.0.1", 80, 0, 0),
+    ("::1", 80, 0, 0),
+    ("::1", 80),
+    ("localhost", 80),
+    ("127.0.0.1", 70000),
+    ("127.0.0.1", -1),
+    ("127.0.0.1",),
+    ("127.0.0.1", "80"),
+    ("::1", 80, 2**21, 0),
+    "127.0.0.1",
+]
 CALLBACKS = ["connection_made", "data_received", "buffer_updated", "get_buffer"]
 CALLBACKS += ["eof_received", "pause_writing", "resume_writing", "connection_lost"]
 MISCHIEF = [None, "raise", "return_value", "close", "abort", "stop", "write", "run_loop"]
@@ -370,6 +394,51 @@ class LoopAndTransport(RuleBasedStateMachine):
             os.close(w)
             return r
         return fd
+
+    # -- name resolution, servers and connections (numeric or /etc/hosts names only) ---------
+
+    @rule(
+        host=HOSTS,
+        port=PORTS,
+        family=INT_ARGS(socket.AF_INET, socket.AF_INET6),
+        type_=INT_ARGS(socket.SOCK_STREAM),
+        flags=INT_ARGS(socket.AI_PASSIVE, socket.AI_NUMERICHOST),
+    )
+    def getaddrinfo(self, host, port, family, type_, flags):
+        def resolve(side):
+            return side.run(
+                side.loop.getaddrinfo, host, port, family=family, type=type_, flags=flags
+            )
+
+        self.compare(f"getaddrinfo({host!r}, {port!r}, {family!r}, {type_!r}, {flags!r})", resolve)
+
+    @rule(
+        sockaddr=st.sampled_from(SOCKADDRS),
+        flags=INT_ARGS(socket.NI_NUMERICHOST | socket.NI_NUMERICSERV, socket.NI_NAMEREQD),
+    )
+    def getnameinfo(self, sockaddr, flags):
+        self.compare(
+            f"getnameinfo({sockaddr!r}, {flags!r})",
+            lambda s: s.run(s.loop.getnameinfo, sockaddr, flags),
+        )
+
+    @rule(host=st.sampled_from(["127.0.0.1", "::1", "localhost", None, 5]), port=PORTS)
+    def create_server(self, host, port):
+        async def listen(loop):
+            server = await loop.create_server(asyncio.Protocol, host, port)
+            server.close()
+            await server.wait_closed()
+            return len(server.sockets or ())
+
+        self.compare(f"create_server({host!r}, {port!r})", lambda s: s.run(listen, s.loop))
+
+    @rule(port=st.sampled_from([1, 65537, 65536 + 1, -1, 2**70, 1.5, "x", b"1", None]))
+    def create_connection(self, port):
+        async def connect(loop):
+            transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+            transport.close()
+
+        self.compare(f"create_connection({port!r})", lambda s: s.run(connect, s.loop))
 
     @rule()
     def stop(self):
