@@ -258,6 +258,28 @@ def test_getaddrinfo_int_arguments_of_a_name_lookup(loop, keyword, value, error)
         loop.run_until_complete(loop.getaddrinfo("localhost", 80, **{keyword: value}))
 
 
+@pytest.mark.parametrize("port", [2**70, -(2**64), True, bytearray(b"80"), b"80", "80"])
+def test_getaddrinfo_int_port_of_a_name_lookup(loop, port):
+    try:
+        expected = ("ok", socket.getaddrinfo("localhost", port, type=socket.SOCK_STREAM))
+    except Exception as exc:  # noqa: BLE001 (the socket module's answer, whatever it is)
+        expected = (type(exc), str(exc))
+    try:
+        got = (
+            "ok",
+            loop.run_until_complete(loop.getaddrinfo("localhost", port, type=socket.SOCK_STREAM)),
+        )
+    except Exception as exc:  # noqa: BLE001
+        got = (type(exc), str(exc))
+    assert got == expected
+
+
+@pytest.mark.parametrize("host", [bytearray(b"localhost"), 123])
+def test_getaddrinfo_host_of_a_wrong_type(loop, host):
+    with pytest.raises(TypeError, match=r"^getaddrinfo\(\) argument 1 must be string or None$"):
+        loop.run_until_complete(loop.getaddrinfo(host, 80))
+
+
 # -- a protocol factory that raises in a server --------------------------------------------
 
 

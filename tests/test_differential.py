@@ -123,8 +123,12 @@ FDS = st.sampled_from(
         None,
     ]
 )
-HOSTS = st.sampled_from(["127.0.0.1", "::1", "localhost", None, "", 123, b"127.0.0.1"])
-PORTS = st.sampled_from([0, 65536, -1, 2**70, 0.5, "0", "http", "x", None, b"0", [], 80])
+HOSTS = st.sampled_from(
+    ["127.0.0.1", "::1", "localhost", None, "", 123, b"127.0.0.1", bytearray(b"localhost")]
+)
+PORTS = st.sampled_from(
+    [0, 65536, -1, 2**70, 0.5, "0", "http", "x", None, b"0", [], 80, True, bytearray(b"0")]
+)
 
 
 def INT_ARGS(*good):  # noqa: N802 (reads as the strategy constant it builds)

@@ -17,19 +17,23 @@ def _encode_host(host):
         return None
     if isinstance(host, str):
         return host.encode("idna")
-    if isinstance(host, (bytes, bytearray)):
+    if isinstance(host, bytes):
         return bytes(host)
-    raise TypeError(f"getaddrinfo() argument 1 must be string or None, not {type(host).__name__}")
+    raise TypeError("getaddrinfo() argument 1 must be string or None")
 
 
 def _encode_port(port):
     if port is None:
         return None
-    if isinstance(port, int):
+    # As socket.getaddrinfo takes it: an int exactly (not bool, not an IntEnum) as a C
+    # long in decimal, a str, or bytes (not bytearray).
+    if type(port) is int:
+        if not -(2**63) <= port < 2**63:
+            raise OverflowError("Python int too large to convert to C long")
         return str(port).encode()
     if isinstance(port, str):
         return port.encode()
-    if isinstance(port, (bytes, bytearray)):
+    if isinstance(port, bytes):
         return bytes(port)
     raise OSError("Int or String expected")
 
