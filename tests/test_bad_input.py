@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import os
 import socket
 import sys
 import warnings
@@ -71,11 +72,39 @@ def test_every_write_after_loop_close_raises(loop):
             assert transport.get_write_buffer_size() == 0
 
     with peer, warnings.catch_warnings():
-        write_after_close()
         # Nothing can close a transport once its loop is closed; both loops'
         # finalizers close its socket, with a ResourceWarning, expected here.
         warnings.simplefilter("ignore", ResourceWarning)
+        write_after_close()
         gc.collect()
+
+
+@pytest.mark.parametrize("method", ["write", "writelines"])
+def test_every_pipe_write_after_loop_close_raises(loop, method):
+    read_fd, write_fd = os.pipe()
+
+    def write_after_close():
+        pipe = os.fdopen(write_fd, "wb", buffering=0)
+        transport, _ = loop.run_until_complete(loop.connect_write_pipe(asyncio.BaseProtocol, pipe))
+        loop.close()
+        data = b"x" * 1_000_000
+        for _ in range(3):
+            with pytest.raises(RuntimeError, match="Event loop is closed"):
+                if method == "write":
+                    transport.write(data)
+                else:
+                    transport.writelines([data[:10], data])
+            assert transport.get_write_buffer_size() == 0
+
+    try:
+        with warnings.catch_warnings():
+            # Nothing can close a transport once its loop is closed; both loops'
+            # finalizers close its pipe, with a ResourceWarning, expected here.
+            warnings.simplefilter("ignore", ResourceWarning)
+            write_after_close()
+            gc.collect()
+    finally:
+        os.close(read_fd)
 
 
 # -- memoryviews that are not contiguous ------------------------------------------------
