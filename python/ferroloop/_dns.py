@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 import socket
+import sys
 
 
 def _encode_host(host):
@@ -22,11 +23,17 @@ def _encode_host(host):
     raise TypeError("getaddrinfo() argument 1 must be string or None")
 
 
+_ANY_INT_PORT = sys.version_info >= (3, 14)
+
+
 def _encode_port(port):
     if port is None:
         return None
-    # As socket.getaddrinfo takes it: an int exactly (not bool, not an IntEnum) as a C
-    # long in decimal, a str, or bytes (not bytearray).
+    # As socket.getaddrinfo takes it: a str, bytes (not bytearray), or an int in decimal.
+    # Before 3.14 the int must be exactly an int (not bool, not an IntEnum) and fit a C
+    # long; 3.14+ takes any int, of any size.
+    if _ANY_INT_PORT and isinstance(port, int):
+        return str(int(port)).encode()
     if type(port) is int:
         if not -(2**63) <= port < 2**63:
             raise OverflowError("Python int too large to convert to C long")
