@@ -251,7 +251,12 @@ class Side:
         takes is not compared (asyncio checks getnameinfo's arguments in its executor).
         For the same reason a stop() still pending is consumed first."""
         outcome(self.run_briefly)
-        task = self.loop.create_task(coro_function(*args))
+        coro = coro_function(*args)
+        try:
+            task = self.loop.create_task(coro)
+        except BaseException:
+            coro.close()  # the loop is closed: never awaited, on purpose
+            raise
         try:
             return self.loop.run_until_complete(task)
         except RuntimeError as exc:
@@ -284,7 +289,8 @@ class Side:
         """Closes everything this side opened, whatever state it is in."""
         try:
             if not self.loop.is_closed():
-                self.transport.abort()
+                # asyncio 3.11's abort() after a drained close() raises AttributeError.
+                outcome(self.transport.abort)
                 self.settle()
         finally:
             # A loop closed before connection_lost ran leaves the transport's socket open.

@@ -107,6 +107,28 @@ def test_every_pipe_write_after_loop_close_raises(loop, method):
         os.close(read_fd)
 
 
+def test_write_after_a_drained_close(loop, loop_kind):
+    transport, _, peer = _connected(loop)
+    peer.setblocking(False)
+    with peer:
+        transport.write(b"x" * 3_000_000)
+        transport.close()
+        while transport.get_write_buffer_size():
+            try:
+                peer.recv(1 << 20)
+            except BlockingIOError:
+                pass
+            loop.run_until_complete(asyncio.sleep(0.001))
+        loop.run_until_complete(asyncio.sleep(0.01))
+        if loop_kind == "asyncio" and sys.version_info < (3, 14):
+            # asyncio 3.11's transport has forgotten its loop (a knowing difference).
+            with pytest.raises(AttributeError):
+                transport.write(b"y")
+        else:
+            assert transport.write(b"y") is None
+            assert transport.abort() is None
+
+
 # -- memoryviews that are not contiguous ------------------------------------------------
 
 

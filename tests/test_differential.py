@@ -19,6 +19,7 @@ import math
 import os
 import re
 import socket
+import sys
 import threading
 
 from differential import (
@@ -205,6 +206,8 @@ class LoopAndTransport(RuleBasedStateMachine):
         events = [side.take_events() for side in self.sides]
         events = [[comparable(e) for e in side_events] for side_events in events]
         note(f"{what}: {results[0]!r} events {events[0]!r}")
+        if _asyncio_forgot_its_loop(results):
+            return results[1]
         assert results[0] == results[1], f"{what}: asyncio {results[0]!r}, ferroloop {results[1]!r}"
         assert events[0] == events[1], f"{what}: asyncio {events[0]!r}, ferroloop {events[1]!r}"
         return results[0]
@@ -473,6 +476,17 @@ class LoopAndTransport(RuleBasedStateMachine):
         gc.collect()
         leaked = open_fds() - self.fds_before
         assert not leaked, f"file descriptors left open: {sorted(leaked)}"
+
+
+def _asyncio_forgot_its_loop(results):
+    """Known difference (docs/design.md): asyncio 3.11's transport whose close() drained
+    its queue forgets its loop but not its connection, so a later write() or abort()
+    fails with AttributeError; ferroloop answers as asyncio 3.14 does (nothing happens)."""
+    return (
+        sys.version_info < (3, 14)
+        and results[0][:2] == ("raised", "AttributeError")
+        and results[1][0] == "ok"
+    )
 
 
 def _real(value):
