@@ -2,7 +2,7 @@
 """Build, demo, test and benchmark ferroloop from a fresh clone.
 
 Usage: python3 tools/dev.py {build,demo,test,lint,conformance,compat,upstream,bench,versions,
-                             pythons,wheels}
+                             pythons,wheels,fuzz}
 
 Everything is installed into ./.venv (created on first use) with the interpreter that
 runs this script, or with the one named by $FERROLOOP_PYTHON. Needs only Python 3.11+
@@ -257,6 +257,26 @@ def build_wheels() -> None:
     wheels.main(sys.argv[2:], SUPPORTED, find_python)
 
 
+def fuzz() -> None:
+    """The differential fuzzer (tests/test_differential.py) with fresh random seeds, batch
+    after batch, for `--minutes N` (default 10); stops at the first failure."""
+    parser = argparse.ArgumentParser(prog="dev.py fuzz")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--examples", type=int, default=500, help="examples per batch")
+    options = parser.parse_args(sys.argv[2:])
+    build()
+    deadline = time.monotonic() + options.minutes * 60
+    batches = 0
+    while time.monotonic() < deadline:
+        seed = int.from_bytes(os.urandom(4), "little")
+        print(f"batch {batches + 1}, seed {seed}", flush=True)
+        env = {"FERROLOOP_FUZZ_SEED": str(seed), "FERROLOOP_FUZZ_EXAMPLES": str(options.examples)}
+        tests = [venv_python(), "-m", "pytest", "-q", "-s", "tests/test_differential.py"]
+        run([*tests, f"--hypothesis-seed={seed}"], env=env)
+        batches += 1
+    print(f"fuzz: {batches} batches of {options.examples} examples per machine, no failure")
+
+
 COMMANDS = {
     "build": build,
     "demo": demo,
@@ -269,6 +289,7 @@ COMMANDS = {
     "versions": versions,
     "pythons": install_pythons,
     "wheels": build_wheels,
+    "fuzz": fuzz,
 }
 
 

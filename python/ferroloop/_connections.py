@@ -17,6 +17,7 @@ import socket
 import stat
 import sys
 
+from ._datagram import _numeric_info
 from ._offload import run_off_loop
 from ._server import Server
 from ._sockets import _reject_ssl_socket
@@ -125,7 +126,12 @@ class ConnectionsMixin:
 
     # -- client side ----------------------------------------------------------------------
 
-    async def _resolve_stream(self, host, port, family, proto, flags):
+    async def _resolve_stream(self, host, port, family, proto, flags, *extra):
+        # A numeric host is used as given, without getaddrinfo, as asyncio does: an
+        # out-of-range port then fails in connect() instead of wrapping to 16 bits.
+        info = _numeric_info(host, port, family, socket.SOCK_STREAM, proto, *extra)
+        if info is not None:
+            return [info]
         infos = await self.getaddrinfo(
             host, port, family=family, type=socket.SOCK_STREAM, proto=proto, flags=flags
         )
@@ -280,7 +286,7 @@ class ConnectionsMixin:
             if local_addr is not None:
                 local_host, local_port = local_addr[:2]
                 local_infos = await self._resolve_stream(
-                    local_host, local_port, family, proto, flags
+                    local_host, local_port, family, proto, flags, *local_addr[2:]
                 )
             if interleave:
                 infos = _interleave_by_family(infos, interleave)
@@ -433,6 +439,11 @@ class ConnectionsMixin:
     # -- server side ----------------------------------------------------------------------
 
     async def _resolve_listen(self, host, port, family, flags):
+        # As in _resolve_stream: a numeric host binds the port as given (bind() refuses
+        # one out of range; a float port is truncated, as asyncio's int(port) does).
+        info = _numeric_info(host, port, family, socket.SOCK_STREAM, 0)
+        if info is not None:
+            return [info]
         infos = await self.getaddrinfo(
             host, port, family=family, type=socket.SOCK_STREAM, flags=flags
         )

@@ -8,7 +8,9 @@ come back as plain ints and are turned into the socket module's enums here.
 
 from __future__ import annotations
 
+import operator
 import socket
+import sys
 
 
 def _encode_host(host):
@@ -16,21 +18,42 @@ def _encode_host(host):
         return None
     if isinstance(host, str):
         return host.encode("idna")
-    if isinstance(host, (bytes, bytearray)):
+    if isinstance(host, bytes):
         return bytes(host)
-    raise TypeError(f"getaddrinfo() argument 1 must be string or None, not {type(host).__name__}")
+    raise TypeError("getaddrinfo() argument 1 must be string or None")
+
+
+_ANY_INT_PORT = sys.version_info >= (3, 14)
 
 
 def _encode_port(port):
     if port is None:
         return None
-    if isinstance(port, int):
+    # As socket.getaddrinfo takes it: a str, bytes (not bytearray), or an int in decimal.
+    # Before 3.14 the int must be exactly an int (not bool, not an IntEnum) and fit a C
+    # long; 3.14+ takes any int, of any size.
+    if _ANY_INT_PORT and isinstance(port, int):
+        return str(int(port)).encode()
+    if type(port) is int:
+        if not -(2**63) <= port < 2**63:
+            raise OverflowError("Python int too large to convert to C long")
         return str(port).encode()
     if isinstance(port, str):
         return port.encode()
-    if isinstance(port, (bytes, bytearray)):
+    if isinstance(port, bytes):
         return bytes(port)
     raise OSError("Int or String expected")
+
+
+def _c_int(value):
+    """`value` as socket.getaddrinfo/getnameinfo take their int arguments (the C "i"
+    format): an integer (`__index__`) that fits a C int, with the same errors."""
+    value = operator.index(value)
+    if value >= 2**31:
+        raise OverflowError("signed integer is greater than maximum")
+    if value < -(2**31):
+        raise OverflowError("signed integer is less than minimum")
+    return value
 
 
 def _is_numeric_host(host: bytes) -> bool:
@@ -56,6 +79,9 @@ class DnsMixin:
 
     async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
         """`socket.getaddrinfo(host, port, family, type, proto, flags)` without blocking."""
+        # socket.getaddrinfo converts its int arguments first.
+        for value in (family, type, proto, flags):
+            _c_int(value)
         encoded_host = _encode_host(host)
         encoded_port = _encode_port(port)
         numeric_port = encoded_port is None or encoded_port.isdigit()
@@ -79,19 +105,35 @@ class DnsMixin:
 
     async def getnameinfo(self, sockaddr, flags=0):
         """`socket.getnameinfo(sockaddr, flags)` without blocking."""
+        # The checks below are socket.getnameinfo's own, in its order, so bad arguments
+        # raise what asyncio (which calls it in the executor) raises.
+        flags = _c_int(flags)
         if not isinstance(sockaddr, tuple):
             raise TypeError("getnameinfo() argument 1 must be a tuple")
         if not 2 <= len(sockaddr) <= 4:
             raise TypeError("getnameinfo(): illegal sockaddr argument")
         host, port, flowinfo, scope_id = (*sockaddr, 0, 0)[:4]
-        if not isinstance(host, str) or not all(
-            isinstance(v, int) for v in (port, flowinfo, scope_id)
-        ):
+        if not isinstance(host, str):
             raise TypeError("getnameinfo(): illegal sockaddr argument")
-        if not 0 <= port <= 0xFFFF:
-            raise OverflowError("getnameinfo(): port must be 0-65535.")
-        if not 0 <= flowinfo <= 0xFFFFF:
+        try:
+            port = _c_int(port)
+            # flowinfo and scope_id are C unsigned ints, taken modulo 2**32.
+            flowinfo = operator.index(flowinfo) & 0xFFFFFFFF
+            scope_id = operator.index(scope_id) & 0xFFFFFFFF
+        except TypeError:
+            raise TypeError("getnameinfo(): illegal sockaddr argument") from None
+        if flowinfo > 0xFFFFF:
             raise OverflowError("getnameinfo(): flowinfo must be 0-1048575.")
+        # socket.getnameinfo takes a numeric host only (AI_NUMERICHOST), so this cannot
+        # block; the port goes through it as a string too (glibc keeps its low 16 bits).
+        infos = socket.getaddrinfo(
+            host, str(port), socket.AF_UNSPEC, socket.SOCK_DGRAM, 0, socket.AI_NUMERICHOST
+        )
+        if len(infos) != 1:
+            raise OSError("sockaddr resolved to multiple addresses")
+        if infos[0][0] == socket.AF_INET and len(sockaddr) != 2:
+            raise OSError("IPv4 sockaddr must be 2 tuple")
+        port = infos[0][4][1]
         numeric = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
         if flags & numeric == numeric:
             return socket.getnameinfo(sockaddr, flags)

@@ -181,7 +181,9 @@ class Server(asyncio.AbstractServer):
             }
             if protocol is not None:
                 context["protocol"] = protocol
-            self._loop.call_exception_handler(context)
+            # asyncio reports a failed protocol factory or transport only in debug mode.
+            if self._loop.get_debug():
+                self._loop.call_exception_handler(context)
 
     # -- the AbstractServer API -----------------------------------------------------------
 

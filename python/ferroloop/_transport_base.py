@@ -11,6 +11,7 @@ methods (`transport.write = wrapper`) on the instance, as asyncio's transports a
 
 from __future__ import annotations
 
+import math
 import warnings
 
 
@@ -53,6 +54,18 @@ class CoreTransport:
         return self._core.get_protocol()
 
 
+# Water marks at or above this many bytes are never reached (the core keeps them as i64).
+_UNREACHABLE_BYTES = 2**62
+
+
+def _byte_threshold(mark):
+    """The whole number of bytes the Rust core compares queue sizes against: for a
+    whole-number `size`, `size > mark` exactly when `size > floor(mark)`."""
+    if mark >= _UNREACHABLE_BYTES:
+        return _UNREACHABLE_BYTES
+    return math.floor(mark)
+
+
 class WriteFlowControl:
     """Water marks, the write queue's size and abort() over `self._core`."""
 
@@ -67,12 +80,25 @@ class WriteFlowControl:
         self._core.abort()
 
     def set_write_buffer_limits(self, high=None, low=None):
-        """Sets the water marks that drive pause_writing()/resume_writing()."""
-        self._core.set_write_buffer_limits(high, low)
+        """Sets the water marks that drive pause_writing()/resume_writing().
+
+        asyncio's defaults and checks, with Python's arithmetic and comparisons: any
+        real numbers are accepted (floats, ints beyond 64 bits), NaN and negatives are
+        refused with ValueError. `get_write_buffer_limits()` returns the values as given.
+        """
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._core.set_write_buffer_limits(_byte_threshold(high), _byte_threshold(low))
+        self.__dict__["_given_write_limits"] = (low, high)
 
     def get_write_buffer_limits(self):
         """`(low, high)`."""
-        return self._core.get_write_buffer_limits()
+        given = self.__dict__.get("_given_write_limits")
+        return given if given is not None else self._core.get_write_buffer_limits()
 
     def get_write_buffer_size(self):
         """Bytes queued and not yet sent."""

@@ -30,12 +30,14 @@ pub fn ns_to_secs(ns: i64) -> f64 {
 
 /// Converts float seconds to nanoseconds, rounding up so a deadline is never early.
 ///
-/// Infinities and values beyond the `i64` range saturate; NaN maps to `i64::MAX`
-/// (a deadline that never comes), since no comparison with NaN could ever fire it.
+/// Infinities and values beyond the `i64` range saturate; NaN maps to `i64::MIN`, a
+/// deadline already passed, as asyncio's loop runs a NaN timer at once.
 #[inline]
 pub fn secs_to_ns(secs: f64) -> i64 {
     if secs.is_nan() {
-        return i64::MAX;
+        // asyncio's loop runs a NaN timer at its next iteration (NaN compares false
+        // against the end of the due window), so NaN sorts as already due.
+        return i64::MIN;
     }
     // `as` saturates at the i64 bounds, which is what we want for ±inf.
     (secs * NANOS_PER_SEC as f64).ceil() as i64
@@ -71,7 +73,7 @@ mod tests {
         assert_eq!(secs_to_ns(1.5), 1_500_000_000);
         assert_eq!(secs_to_ns(f64::INFINITY), i64::MAX);
         assert_eq!(secs_to_ns(f64::NEG_INFINITY), i64::MIN);
-        assert_eq!(secs_to_ns(f64::NAN), i64::MAX);
+        assert_eq!(secs_to_ns(f64::NAN), i64::MIN);
         assert_eq!(ns_to_secs(2_500_000_000), 2.5);
         assert!(secs_to_ns(1e-10) >= 1, "a deadline rounds up, never early");
     }

@@ -21,7 +21,7 @@ use ferroloop_core::waker::Waker;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
-use pyo3::types::{PyInt, PyTuple};
+use pyo3::types::{PyFloat, PyInt, PyTuple};
 
 use crate::gil_cell::GilCell;
 use crate::handle::{Handle, TimerHandle};
@@ -328,14 +328,15 @@ impl EventLoop {
         if delay.is_none() {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
-        let delay: f64 = delay.extract()?;
-        let when = if slf.get().python_clock.load(Ordering::Relaxed) {
+        // `self.time() + delay` with Python's `+`, as asyncio computes it, so a delay
+        // that is not a number fails with the same TypeError (and a huge int with the
+        // same OverflowError) as there. A replaced `time` is asked (see `python_clock`).
+        let now = if slf.get().python_clock.load(Ordering::Relaxed) {
             slf.call_method0(pyo3::intern!(slf.py(), "time"))?
-                .extract::<f64>()?
-                + delay
         } else {
-            ferroloop_core::clock::now_secs() + delay
+            PyFloat::new(slf.py(), ferroloop_core::clock::now_secs()).into_any()
         };
+        let when: f64 = now.add(delay)?.extract()?;
         Self::schedule_at(slf, when, None, callback, args, context, "call_later")
     }
 

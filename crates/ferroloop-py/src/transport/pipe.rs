@@ -842,7 +842,13 @@ impl WritePipeCore {
             if this.state.borrow_mut(py).buffer.is_empty() {
                 return Ok(());
             }
-            Self::add_writer(slf)?;
+            if let Err(err) = Self::add_writer(slf) {
+                // As write() (asyncio's writelines is write(b''.join(...))): what the
+                // loop will not send (it is closed) does not stay queued.
+                let dropped = this.state.borrow_mut(py).buffer.take();
+                drop(dropped);
+                return Err(err);
+            }
         }
         this.maybe_pause_protocol(py)
     }

@@ -28,7 +28,7 @@
 use std::cell::RefCell;
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyBufferError, PyRuntimeError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -131,6 +131,9 @@ enum ReadOutcome {
     Eof,
     NotReady,
     Failed(std::io::Error),
+    /// get_buffer()'s result cannot be read into (read-only, not contiguous): the error
+    /// asyncio's `sock.recv_into(buf)` raises there.
+    Refused(PyErr),
 }
 
 transport_core!(StreamCore; context);
@@ -188,7 +191,24 @@ impl StreamCore {
             })),
             Receiver::Buffered(get_buffer, _) => {
                 let target = get_buffer.call1(py, (-1,))?;
-                let mut buffer = ExportedBuffer::writable(target.bind(py))?;
+                // asyncio's order: `len(buf)` (its errors and an empty buffer are
+                // get_buffer() failures), then `recv_into(buf)`, which refuses a buffer it
+                // cannot write into contiguously with a TypeError.
+                if target.bind(py).len()? == 0 {
+                    return Err(PyRuntimeError::new_err(
+                        "get_buffer() returned an empty buffer",
+                    ));
+                }
+                let mut buffer = match ExportedBuffer::writable(target.bind(py)) {
+                    Ok(buffer) => buffer,
+                    Err(_) => {
+                        let kind = target.bind(py).get_type().name()?;
+                        return Ok(ReadOutcome::Refused(PyTypeError::new_err(format!(
+                            "recv_into() argument 1 must be read-write bytes-like object, \
+                             not {kind}"
+                        ))));
+                    }
+                };
                 let room = buffer.as_mut_slice();
                 if room.is_empty() {
                     return Err(PyRuntimeError::new_err(
@@ -266,14 +286,38 @@ fn classify(n: isize, ok: impl FnOnce(usize) -> ReadOutcome) -> ReadOutcome {
 }
 
 /// The bytes of a `write()` argument: `bytes` is kept by reference, anything else copied.
+/// A memoryview that is not C-contiguous is `Strided`: `socket.send` refuses it, so
+/// asyncio's `write()` fails with a `BufferError` instead of sending its bytes.
 enum Payload {
     Shared(Py<PyBytes>),
     Copied(Vec<u8>),
+    Strided { empty: bool },
+}
+
+/// The error `socket.send` raises for a memoryview that is not C-contiguous.
+fn strided_error() -> PyErr {
+    PyBufferError::new_err("memoryview: underlying buffer is not C-contiguous")
+}
+
+/// True on Python 3.12+, whose asyncio queues `write()`'s data as memoryviews (3.11
+/// extends a bytearray) and whose `writelines()` is its own (3.11: `write(b''.join(...))`).
+fn queues_views(py: Python<'_>) -> bool {
+    static QUEUES_VIEWS: PyOnceLock<bool> = PyOnceLock::new();
+    *QUEUES_VIEWS.get_or_init(py, || py.version_info() >= (3, 12))
 }
 
 fn payload(data: &Bound<'_, PyAny>) -> PyResult<Payload> {
     if let Ok(bytes) = data.cast::<PyBytes>() {
         return Ok(Payload::Shared(bytes.clone().unbind()));
+    }
+    if data.is_instance_of::<PyMemoryView>()
+        && !data
+            .getattr(intern!(data.py(), "c_contiguous"))?
+            .is_truthy()?
+    {
+        return Ok(Payload::Strided {
+            empty: !data.is_truthy()?,
+        });
     }
     if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
         let copy = data
@@ -393,6 +437,9 @@ impl StreamCore {
             (ReadOutcome::Failed(err), _) => {
                 Self::fatal_error(slf, os_error(err), "Fatal read error on socket transport")
             }
+            (ReadOutcome::Refused(err), _) => {
+                Self::fatal_error(slf, err, "Fatal read error on socket transport")
+            }
             (ReadOutcome::Eof, _) => Self::on_eof(slf),
             (ReadOutcome::Data(data), Receiver::Data(data_received)) => {
                 match data_received.call1(py, (data,)) {
@@ -463,6 +510,24 @@ impl StreamCore {
         let bytes: &[u8] = match &payload {
             Payload::Shared(b) => b.bind(py).as_bytes(),
             Payload::Copied(v) => v,
+            Payload::Strided { empty: true } => return Ok(()),
+            Payload::Strided { empty: false } => {
+                if conn_lost > 0 {
+                    return this.count_lost_write(py, conn_lost);
+                }
+                if !queue_empty && !queues_views(py) {
+                    // asyncio 3.11 extends its bytearray queue with it, which fails.
+                    return Err(PyTypeError::new_err(
+                        "can't set bytearray slice from memoryview",
+                    ));
+                }
+                // asyncio's send() (3.12+: its sendmsg() of the queue) fails with it.
+                return Self::fatal_error(
+                    slf,
+                    strided_error(),
+                    "Fatal write error on socket transport",
+                );
+            }
         };
         if bytes.is_empty() {
             return Ok(());
@@ -475,6 +540,7 @@ impl StreamCore {
             match &payload {
                 Payload::Shared(b) => state.buffer.push_shared(b.clone_ref(py), bytes.len()),
                 Payload::Copied(v) => state.buffer.push_copy(v),
+                Payload::Strided { .. } => {} // answered above, before any queueing
             }
             return Ok(());
         }
@@ -497,6 +563,10 @@ impl StreamCore {
             if sent == bytes.len() {
                 return Ok(());
             }
+            // Before queueing, as asyncio does: when the loop refuses the watch (it is
+            // closed), nothing stays queued that would never be sent, and the next
+            // write() tries again and raises again.
+            Self::watch(slf, intern!(py, "_add_writer"), "_write_ready")?;
         }
         {
             let mut state = this.state.borrow_mut(py);
@@ -507,26 +577,65 @@ impl StreamCore {
                 _ => state.buffer.push_copy(&bytes[sent..]),
             }
         }
-        if queue_empty {
-            Self::watch(slf, intern!(py, "_add_writer"), "_write_ready")?;
-        }
         this.maybe_pause_protocol(py)
     }
 
     /// Writes every buffer of `list_of_data`, flushing them together.
+    ///
+    /// Python 3.11's asyncio writes `b''.join(list_of_data)` (so its errors are `join`'s);
+    /// 3.12+ checks its own state first and takes each item as a memoryview.
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        let pieces = list_of_data
-            .try_iter()?
-            .map(|item| item.and_then(|i| payload(&i)))
-            .collect::<PyResult<Vec<_>>>()?;
-        let mut joined = Vec::new();
-        for piece in &pieces {
-            match piece {
-                Payload::Shared(b) => joined.extend_from_slice(b.bind(py).as_bytes()),
-                Payload::Copied(v) => joined.extend_from_slice(v),
+        if !queues_views(py) {
+            let joined =
+                PyBytes::new(py, b"").call_method1(intern!(py, "join"), (list_of_data,))?;
+            return Self::write(slf, &joined);
+        }
+        let this = slf.get();
+        let conn_lost = {
+            let state = this.state.borrow_mut(py);
+            if state.eof {
+                return Err(PyRuntimeError::new_err(
+                    "Cannot call writelines() after write_eof()",
+                ));
+            }
+            if state.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err(
+                    "unable to writelines; sendfile is in progress",
+                ));
+            }
+            state.lifecycle.conn_lost
+        };
+        if !list_of_data.is_truthy()? {
+            return Ok(());
+        }
+        if conn_lost > 0 {
+            return this.count_lost_write(py, conn_lost);
+        }
+        let memoryview = py.import("builtins")?.getattr(intern!(py, "memoryview"))?;
+        let mut views = Vec::new();
+        for item in list_of_data.try_iter()? {
+            let item = item?;
+            if item.is_truthy()? {
+                views.push(memoryview.call1((item,))?);
             }
         }
+        let mut joined = Vec::new();
+        for view in &views {
+            if !view.getattr(intern!(py, "c_contiguous"))?.is_truthy()? {
+                return Self::fatal_error(
+                    slf,
+                    strided_error(),
+                    "Fatal write error on socket transport",
+                );
+            }
+            match payload(view)? {
+                Payload::Shared(b) => joined.extend_from_slice(b.bind(py).as_bytes()),
+                Payload::Copied(v) => joined.extend_from_slice(&v),
+                Payload::Strided { .. } => {}
+            }
+        }
+        drop(views);
         let joined = PyBytes::new(py, &joined);
         Self::write(slf, joined.as_any())
     }
