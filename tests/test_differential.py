@@ -61,6 +61,19 @@ def fuzz_settings(ci_examples: int, steps: int) -> settings:
     )
 
 
+def _strided_behind_queued_data(data, side) -> bool:
+    """A non-empty, non-contiguous memoryview written while `side`'s transport has data
+    queued, on Python 3.12+ (where asyncio queues views)."""
+    if not (isinstance(data, memoryview) and not data.c_contiguous and data.nbytes):
+        return False
+    if sys.version_info < (3, 12):
+        return False
+    try:
+        return side.transport.get_write_buffer_size() > 0
+    except Exception:
+        return False
+
+
 def _strided(data: bytes) -> memoryview:
     return memoryview(data)[::2]
 
@@ -217,6 +230,11 @@ class LoopAndTransport(RuleBasedStateMachine):
     @rule(data=WRITE_DATA)
     def write(self, data):
         data = plain(data)
+        if _strided_behind_queued_data(data, self.sides[0]):
+            # asyncio 3.12+ queues a non-contiguous view behind queued data and fails only
+            # when it gets to it; ferroloop fails at once (a known difference, listed in
+            # docs/design.md and tested in test_bad_input.py), so it is not compared.
+            return
         self.compare(f"write({describe_value(data)!r})", lambda s: s.transport.write(data))
 
     @rule(items=st.lists(WRITE_DATA, max_size=3))
