@@ -99,7 +99,8 @@ def build(minor: str, python: Path, build_python: Path) -> Path:
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     maturin = bin_dir / "maturin"
-    options = ["--release", "--zig", "--compatibility", COMPATIBILITY, "--out", DIST]
+    # Stripped: a user's wheel needs no debug info (the dev builds keep it, for profiling).
+    options = ["--release", "--strip", "--zig", "--compatibility", COMPATIBILITY, "--out", DIST]
     run([maturin, "build", *options, "--interpreter", python], env=env)
     built = sorted(DIST.glob(pattern))
     if len(built) != 1:
