@@ -238,7 +238,7 @@ def main() -> int:
             parser.error("--pin takes a CPU number, 'last' or 'none'")
 
     started = time.monotonic()
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     cells = {(b, lp): Cell() for b in benches for lp in loops}
     loop_notes: dict[str, str] = {}
     child_python = "?"

@@ -17,9 +17,7 @@ files) and talks to it with a library client over TLS, on one loop:
 from __future__ import annotations
 
 import asyncio
-import sys
 
-import pytest
 from support import free_port, run_on, serve_aiohttp, serve_uvicorn, stop_uvicorn
 
 
@@ -162,7 +160,6 @@ async def starttls_exchange(server_ctx, client_ctx):
     await server.wait_closed()
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="StreamWriter.start_tls is 3.11+")
 def test_streams_upgraded_with_start_tls(loop_name, tls):
     server_ctx, client_ctx, _, _ = tls
     run_on(loop_name, starttls_exchange(server_ctx, client_ctx))

@@ -91,7 +91,7 @@ async def tour() -> None:
     await echo_over_tls()
     try:
         await asyncio.wait_for(asyncio.sleep(1), timeout=0.01)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         print("  asyncio.wait_for timed out on time")
 
 

@@ -165,7 +165,6 @@ def test_asyncio_run_with_loop_factory(api):
     assert loop.is_closed()
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.Runner is new in 3.11")
 def test_runner_with_loop_factory(api):
     with asyncio.Runner(loop_factory=api.new_event_loop) as runner:
 
@@ -182,7 +181,6 @@ def test_runner_with_loop_factory(api):
     assert loop.is_closed()
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.Runner is new in 3.11")
 def test_runner_keeps_one_context_across_runs(api):
     async def set_value():
         var.set("kept")
@@ -198,7 +196,6 @@ def test_runner_keeps_one_context_across_runs(api):
     assert var.get() == "unset"
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.Runner is new in 3.11")
 def test_runner_with_debug(api):
     async def main():
         return asyncio.get_running_loop().get_debug()

@@ -327,12 +327,10 @@ def test_all_candidates_fail_with_combined_message(loop):
 def test_all_errors_raises_exception_group(loop, loop_kind):
     if loop_kind == "asyncio" and not ASYNCIO_HAS_ALL_ERRORS:
         pytest.skip("asyncio added all_errors in Python 3.12")
-    if sys.version_info < (3, 11):
-        pytest.skip("ExceptionGroup exists from Python 3.11")
     port = free_port_refused()
 
     async def main():
-        with pytest.raises(ExceptionGroup) as info:  # noqa: F821
+        with pytest.raises(ExceptionGroup) as info:
             await loop.create_connection(Collect, "127.0.0.1", port, all_errors=True)
         assert str(info.value).startswith("create_connection failed")
         assert [type(e) for e in info.value.exceptions] == [ConnectionRefusedError]
@@ -523,7 +521,7 @@ def test_create_unix_connection_bad_arguments(loop, kwargs, message):
             sock.close()
 
 
-def test_connect_accepted_socket_bad_arguments(loop, loop_kind):
+def test_connect_accepted_socket_bad_arguments(loop):
     dgram = socket.socket(type=socket.SOCK_DGRAM)
     stream = socket.socket()
     try:
@@ -533,14 +531,10 @@ def test_connect_accepted_socket_bad_arguments(loop, loop_kind):
             loop.run_until_complete(
                 loop.connect_accepted_socket(asyncio.Protocol, stream, ssl_handshake_timeout=1)
             )
-        # asyncio has ssl_shutdown_timeout from Python 3.11; ferroloop on every version.
-        if sys.version_info >= (3, 11) or loop_kind == "ferroloop":
-            with pytest.raises(
-                ValueError, match="^ssl_shutdown_timeout is only meaningful with ssl$"
-            ):
-                loop.run_until_complete(
-                    loop.connect_accepted_socket(asyncio.Protocol, stream, ssl_shutdown_timeout=1)
-                )
+        with pytest.raises(ValueError, match="^ssl_shutdown_timeout is only meaningful with ssl$"):
+            loop.run_until_complete(
+                loop.connect_accepted_socket(asyncio.Protocol, stream, ssl_shutdown_timeout=1)
+            )
     finally:
         dgram.close()
         stream.close()

@@ -52,7 +52,6 @@ def test_create_task_with_name(loop):
     assert loop.run_until_complete(task) == "my-task"
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="create_task(context=) is new in 3.11")
 def test_create_task_with_context(loop):
     ctx = contextvars.copy_context()
     ctx.run(var.set, "task-ctx")
@@ -168,7 +167,6 @@ def test_task_factory_get_and_set(loop):
     assert len(created) == 1
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="create_task(context=) is new in 3.11")
 def test_task_factory_receives_context_when_given(loop):
     received = []
 

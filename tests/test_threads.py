@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import sys
 import threading
 import time
 
@@ -238,14 +237,8 @@ def test_set_default_executor_rejects_non_thread_pool(loop):
             def submit(self, fn, /, *args, **kwargs):
                 return pool.submit(fn, *args, **kwargs)
 
-        if sys.version_info >= (3, 11):
-            with pytest.raises(TypeError, match=r"^executor must be ThreadPoolExecutor instance$"):
-                loop.set_default_executor(NotAThreadPool())
-        else:
-            # Python 3.10 only warns, and then uses the executor.
-            with pytest.warns(DeprecationWarning, match="ThreadPoolExecutor"):
-                loop.set_default_executor(NotAThreadPool())
-            assert loop.run_until_complete(loop.run_in_executor(None, abs, -3)) == 3
+        with pytest.raises(TypeError, match=r"^executor must be ThreadPoolExecutor instance$"):
+            loop.set_default_executor(NotAThreadPool())
 
 
 def test_close_shuts_down_the_default_executor(loop):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import math
-import sys
 import time
 
 import pytest
@@ -77,13 +76,11 @@ def test_zero_delay_runs_after_already_ready_callbacks(loop):
     assert calls == ["soon", "later"]
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="the None check is new in 3.11")
 def test_call_later_none_delay_raises(loop):
     with pytest.raises(TypeError, match=r"^delay must not be None$"):
         loop.call_later(None, lambda: None)
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="the None check is new in 3.11")
 def test_call_at_none_when_raises(loop):
     with pytest.raises(TypeError, match=r"^when cannot be None$"):
         loop.call_at(None, lambda: None)
@@ -294,7 +291,6 @@ def test_timer_callback_runs_in_context_copied_when_scheduled(loop):
     assert seen == ["at call_later"]
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is new in 3.11")
 def test_asyncio_timeout_context_manager(loop):
     async def main():
         with pytest.raises(TimeoutError):

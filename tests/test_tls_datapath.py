@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import ssl
-import sys
 import tracemalloc
 import weakref
 
@@ -216,10 +215,7 @@ def test_close_notify_after_data_gives_data_then_eof(loop, server_context, clien
         client.close()
         assert await asyncio.wait_for(recorder.lost, 5) is None
         assert bytes(recorder.data) == b"last words"
-        if sys.version_info >= (3, 11):
-            assert recorder.events[-2:] == ["eof", "lost"]
-        else:  # Python 3.10's SSLProtocol does not report close_notify as EOF
-            assert recorder.events[-2:] == ["data", "lost"]
+        assert recorder.events[-2:] == ["eof", "lost"]
         assert set(recorder.events[:-2]) <= {"data"}
         await asyncio.wait_for(client_proto.lost, 5)
         server.close()
@@ -242,9 +238,6 @@ def test_writes_after_close_are_dropped_quietly(loop, server_context, client_con
     loop.run_until_complete(main())
 
 
-@pytest.mark.skipif(
-    sys.version_info < (3, 11), reason="the Rust data path hooks the SSLProtocol of 3.11+"
-)
 def test_reading_records_allocates_no_large_buffers(server_context, client_context):
     """asyncio reads each record with `SSLObject.read(256 KiB)`: a fresh 256 KiB bytes per
     read. ferroloop decrypts into one buffer per connection and copies out what arrived."""
@@ -281,9 +274,6 @@ def test_reading_records_allocates_no_large_buffers(server_context, client_conte
         loop.close()
 
 
-@pytest.mark.skipif(
-    sys.version_info < (3, 11), reason="the Rust data path hooks the SSLProtocol of 3.11+"
-)
 def test_tls_connections_keep_no_read_buffer_of_their_own(server_context, client_context):
     """asyncio's SSLProtocol holds a 256 KiB bytearray per connection; ferroloop's TLS
     connections on a thread share one."""
@@ -323,9 +313,6 @@ class ChunkRecorder(Recorder):
         super().data_received(data)
 
 
-@pytest.mark.skipif(
-    sys.version_info < (3, 11), reason="3.10's SSLProtocol has no incoming BIO to fill"
-)
 def test_waiting_plaintext_arrives_in_one_data_received(loop, server_context, client_context):
     """What the incoming BIO holds is decrypted and handed over in one bytes (up to the
     256 KiB buffer), as asyncio does: splitting it would cost an echoing application one
@@ -377,15 +364,10 @@ def test_an_exception_in_data_received_is_a_fatal_tls_error(
     loop.run_until_complete(main())
     context = exc_handler.pop_one()
     expected = "Fatal error on SSL protocol"
-    if sys.version_info < (3, 11):
-        expected = "application protocol failed to receive SSL data"
     assert context["message"] == expected
     assert isinstance(context["exception"], ZeroDivisionError)
 
 
-@pytest.mark.skipif(
-    sys.version_info < (3, 11), reason="Python 3.10's SSLProtocol keeps it on both loops"
-)
 def test_a_transport_kept_after_close_does_not_keep_the_ssl_context(loop, ca, server_context):
     """As with asyncio, the application may hold on to its closed TLS transport without
     keeping the protocol machinery and the user's SSLContext alive (no gc needed)."""
@@ -419,9 +401,6 @@ class BytearrayBufferedRecorder(BufferedRecorder):
         return self.buffer
 
 
-@pytest.mark.skipif(
-    sys.version_info < (3, 11), reason="the Rust data path hooks the SSLProtocol of 3.11+"
-)
 def test_a_buffered_protocol_with_a_bytearray_buffer_gets_every_byte(
     server_context, client_context
 ):

@@ -11,7 +11,6 @@ import datetime
 import gc
 import socket
 import ssl
-import sys
 import weakref
 
 import pytest
@@ -76,7 +75,6 @@ class LostRecorder(asyncio.Protocol):
         self.lost.set_result(exc)
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="ssl_shutdown_timeout is new in 3.11")
 def test_shutdown_timeout_when_the_peer_never_answers_close_notify(
     loop, server_context, client_context
 ):
@@ -109,7 +107,6 @@ def test_shutdown_timeout_when_the_peer_never_answers_close_notify(
     loop.run_until_complete(main())
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="StreamWriter.start_tls is new in 3.11")
 def test_streams_starttls_on_both_sides(loop, server_context, client_context):
     async def main():
         upgraded = loop.create_future()

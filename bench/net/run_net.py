@@ -898,7 +898,7 @@ def main() -> int:
         text=True,
         check=False,
     ).stdout.strip()
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     log(
         f"suites {','.join(args.suites)}:"
         f" {len(scenarios)} scenarios x {len(args.columns)} servers x {args.reps} reps,"

@@ -101,7 +101,7 @@ def main() -> int:
     try:
         loop.run_until_complete(asyncio.wait_for(bench(args, result), args.timeout))
         result["ok"] = True
-    except asyncio.TimeoutError:
+    except TimeoutError:
         result["error"] = f"timed out after {args.timeout:.0f} s"
         status = 2
     except Exception as exc:

@@ -30,8 +30,6 @@ logger = logging.getLogger("asyncio")
 # versions quote only its strerror.
 _QUOTE_WHOLE_BIND_ERROR = sys.version_info >= (3, 13)
 
-_HAS_EXCEPTION_GROUP = sys.version_info >= (3, 11)
-
 # Python 3.13 added cleanup_socket (default True): closing a Unix server removes its socket
 # file. Older versions never remove it; ferroloop follows the running version by default.
 _CLEANUP_UNIX_SOCKETS_BY_DEFAULT = sys.version_info >= (3, 13)
@@ -102,9 +100,7 @@ def _interleave_by_family(infos, first_family_count):
 def _combined_connect_error(errors, all_errors):
     """The exception create_connection raises when every address failed."""
     if all_errors:
-        if _HAS_EXCEPTION_GROUP:
-            return ExceptionGroup("create_connection failed", errors)  # noqa: F821
-        return OSError("Multiple exceptions: {}".format(", ".join(str(e) for e in errors)))
+        return ExceptionGroup("create_connection failed", errors)
     if len(errors) == 1:
         return errors[0]
     first = str(errors[0])

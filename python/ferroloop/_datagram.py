@@ -14,7 +14,6 @@ import os
 import socket
 import stat
 import sys
-import warnings
 from asyncio import trsock
 
 from ._core import DatagramCore
@@ -27,9 +26,6 @@ logger = logging.getLogger("asyncio")
 _SEND_EMPTY = sys.version_info >= (3, 13)
 _HEADER_SIZE = 8 if sys.version_info >= (3, 13) else 0
 _HAS_IPV6 = hasattr(socket, "AF_INET6")
-
-# Marks "reuse_address not given" (the parameter exists only on Python 3.10).
-_unset = object()
 
 
 class DatagramTransport(SocketTransportBase, asyncio.Transport, asyncio.DatagramTransport):
@@ -164,63 +160,31 @@ def _remove_stale_unix_socket(path):
 class DatagramMixin:
     """`create_datagram_endpoint`."""
 
-    if sys.version_info >= (3, 11):
-
-        async def create_datagram_endpoint(
-            self,
+    async def create_datagram_endpoint(
+        self,
+        protocol_factory,
+        local_addr=None,
+        remote_addr=None,
+        *,
+        family=0,
+        proto=0,
+        flags=0,
+        reuse_port=None,
+        allow_broadcast=None,
+        sock=None,
+    ):
+        """Creates a datagram endpoint; returns `(transport, protocol)`."""
+        return await self._create_datagram_endpoint(
             protocol_factory,
-            local_addr=None,
-            remote_addr=None,
-            *,
-            family=0,
-            proto=0,
-            flags=0,
-            reuse_port=None,
-            allow_broadcast=None,
-            sock=None,
-        ):
-            """Creates a datagram endpoint; returns `(transport, protocol)`."""
-            return await self._create_datagram_endpoint(
-                protocol_factory,
-                local_addr,
-                remote_addr,
-                family,
-                proto,
-                flags,
-                reuse_port,
-                allow_broadcast,
-                sock,
-            )
-
-    else:
-
-        async def create_datagram_endpoint(
-            self,
-            protocol_factory,
-            local_addr=None,
-            remote_addr=None,
-            *,
-            family=0,
-            proto=0,
-            flags=0,
-            reuse_address=_unset,
-            reuse_port=None,
-            allow_broadcast=None,
-            sock=None,
-        ):
-            """Creates a datagram endpoint; returns `(transport, protocol)`."""
-            return await self._create_datagram_endpoint(
-                protocol_factory,
-                local_addr,
-                remote_addr,
-                family,
-                proto,
-                flags,
-                reuse_port,
-                allow_broadcast,
-                sock,
-                reuse_address,
-            )
+            local_addr,
+            remote_addr,
+            family,
+            proto,
+            flags,
+            reuse_port,
+            allow_broadcast,
+            sock,
+        )
 
     async def _create_datagram_endpoint(
         self,
@@ -233,7 +197,6 @@ class DatagramMixin:
         reuse_port,
         allow_broadcast,
         sock,
-        reuse_address=_unset,
     ):
         owned = sock is None
         if sock is not None:
@@ -254,8 +217,6 @@ class DatagramMixin:
                     "proto": proto,
                     "flags": flags,
                 }
-                if sys.version_info < (3, 11):
-                    opts["reuse_address"] = reuse_address
                 opts["reuse_port"] = reuse_port
                 opts["allow_broadcast"] = allow_broadcast
                 problems = ", ".join(f"{k}={v}" for k, v in opts.items() if v)
@@ -272,7 +233,6 @@ class DatagramMixin:
                 family,
                 proto,
                 flags,
-                reuse_address,
                 reuse_port,
                 allow_broadcast,
             )
@@ -328,10 +288,7 @@ class DatagramMixin:
             if addr is None:
                 continue
             if not (isinstance(addr, tuple) and len(addr) == 2):
-                if sys.version_info >= (3, 11):
-                    raise TypeError("2-tuple is expected")
-                if __debug__:
-                    raise AssertionError("2-tuple is expected")
+                raise TypeError("2-tuple is expected")
             host, port = addr[:2]
             info = _numeric_info(host, port, family, socket.SOCK_DGRAM, proto, *addr[2:])
             if info is not None:
@@ -360,24 +317,11 @@ class DatagramMixin:
         family,
         proto,
         flags,
-        reuse_address,
         reuse_port,
         allow_broadcast,
     ):
         """The first socket that binds and connects as asked, and its remote address."""
         pairs = await self._datagram_address_pairs(local_addr, remote_addr, family, proto, flags)
-        if reuse_address is not _unset:  # Only possible on Python 3.10.
-            if reuse_address:
-                raise ValueError(
-                    "Passing `reuse_address=True` is no longer supported, as the usage "
-                    "of SO_REUSEPORT in UDP poses a significant security concern."
-                )
-            warnings.warn(
-                "The *reuse_address* parameter has been deprecated as of 3.5.10 and "
-                "is scheduled for removal in 3.11.",
-                DeprecationWarning,
-                stacklevel=2,
-            )
         exceptions = []
         for (fam, pro), (local_address, remote_address) in pairs:
             sock = None

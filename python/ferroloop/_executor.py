@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import sys
 import threading
 import warnings
 from asyncio import futures, tasks
@@ -32,14 +31,7 @@ class ExecutorMixin:
     def set_default_executor(self, executor):
         """Sets the executor run_in_executor(None, ...) uses."""
         if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
-            if sys.version_info >= (3, 11):
-                raise TypeError("executor must be ThreadPoolExecutor instance")
-            warnings.warn(
-                "Using the default executor that is not an instance of "
-                "ThreadPoolExecutor is deprecated and will be prohibited in Python 3.9",
-                DeprecationWarning,
-                2,
-            )
+            raise TypeError("executor must be ThreadPoolExecutor instance")
         self._default_executor = executor
 
     async def shutdown_default_executor(self, timeout=None):

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 HERE = Path(__file__).resolve().parent
-NOT_BEFORE = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
-NOT_AFTER = datetime.datetime(2999, 12, 31, tzinfo=datetime.timezone.utc)
+NOT_BEFORE = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+NOT_AFTER = datetime.datetime(2999, 12, 31, tzinfo=datetime.UTC)
 
 
 def name(text: str) -> x509.Name:
