@@ -12,10 +12,10 @@ DATA). Here the application names its framing once and receives one call per fra
 
 A framer (`Delimiter`, `LengthPrefixed`, `FixedSize`) describes the framing; every
 `ChunkProtocol` gets its own `ferroloop._core.FrameSplitter`, a Rust state machine. On
-ferroloop's TCP and Unix socket transports the transport receives straight into the
-splitter's buffer and frames are cut in Rust, one call into Python per frame. On any other
-transport (asyncio's or uvloop's loop, TLS, pipes) `data_received` feeds the same splitter,
-so behaviour is identical everywhere.
+ferroloop's transports (TCP and Unix sockets, TLS, pipes and subprocess pipes) the
+transport hands what it read (TLS: the decrypted plaintext) straight to the splitter and
+frames are cut in Rust, one call into Python per frame. On any other loop (asyncio's,
+uvloop's) `data_received` feeds the same splitter, so behaviour is identical everywhere.
 
 Flow control is per frame: `protocol.transport.pause_reading()` inside `on_chunk` stops
 delivery of the frames still buffered until `resume_reading()`. An oversized frame raises
@@ -24,7 +24,9 @@ frame is reported as an `IncompleteReadError` carrying the partial frame.
 
 The awaitable face: `open_connection(host, port, framer=...)` and
 `start_server(cb, host, port, framer=...)` give `FramedStream` objects with
-`read_frame()`, `async for`, `write_frame()` and `drain()`.
+`read_frame()`, `async for`, `write_frame()` and `drain()`, and a raw mode
+(`set_raw_mode()`, `read(n)`, `readexactly(n)`, `set_frame_mode()`) for payloads that are
+not frames.
 """
 
 from __future__ import annotations
@@ -280,16 +282,28 @@ class FramedTransport(asyncio.Transport):
         return f"<FramedTransport {self._transport!r}>"
 
 
-def _writer_of(transport):
-    """`transport.write`; for ferroloop's socket transport (its write not replaced on the
-    instance) the Rust core's write itself, one call less per frame."""
+def _writers_of(transport):
+    """`(write, writelines, core)`: the transport's `write` and `writelines`, and the Rust
+    core of ferroloop's socket transport (its write methods not replaced on the
+    instance), whose own write is then one call less per frame and which takes the
+    vectored writes of `write_chunks` directly. `write` is None for a read pipe."""
     if (
         type(transport) is SocketTransport
         and "write" not in transport.__dict__
-        and type(transport).write is SocketTransport.write
+        and "writelines" not in transport.__dict__
     ):
-        return transport._core.write
-    return getattr(transport, "write", None)  # None: a read pipe
+        core = transport._core
+        return core.write, None, core
+    return getattr(transport, "write", None), getattr(transport, "writelines", None), None
+
+
+def _close_at_once(transport):
+    """`transport.abort()`, or `close()` for a read pipe (it has nothing queued to lose)."""
+    abort = getattr(transport, "abort", None)
+    if abort is not None:
+        abort()
+    else:
+        transport.close()
 
 
 class ChunkProtocol(asyncio.Protocol):
@@ -302,8 +316,9 @@ class ChunkProtocol(asyncio.Protocol):
     connection, or the unreported `IncompleteReadError` of a partial frame, or None.
 
     An exception from `on_chunk` is handled as one from `data_received`: the exception
-    handler is called and the connection closed with it. `transport` (after
-    connection_made) is a `FramedTransport`.
+    handler is called and the connection closed with it (on read pipes too, which
+    asyncio's loop would keep open). `transport` (after connection_made) is a
+    `FramedTransport`.
     """
 
     def __init__(self, framer, on_chunk, *, on_eof=None, on_connection_lost=None):
@@ -317,6 +332,9 @@ class ChunkProtocol(asyncio.Protocol):
         self._raw_transport = None
         self._loop = None
         self.transport = None
+        # A read pipe's transport leaves a data_received error to its loop's exception
+        # handler and keeps reading: the protocol then reports it and closes itself.
+        self._handles_own_errors = False
         # An error to report at connection_lost: a partial frame at EOF, or an exception
         # from a delivery the transport did not see (after resume_reading).
         self._error = None
@@ -325,15 +343,40 @@ class ChunkProtocol(asyncio.Protocol):
         self._raw_transport = transport
         self._loop = asyncio.get_running_loop()
         self.transport = FramedTransport(transport, self)
-        writer = _writer_of(transport)
-        if writer is not None:
-            self._splitter.set_writer(writer)
+        write, writelines, core = _writers_of(transport)
+        if write is not None:
+            self._splitter.set_writer(write, writelines, core)
+        self._handles_own_errors = write is None
         # Straight into Rust: encode and hand to the transport's write in one call.
         self.write_chunk = self._splitter.write_chunk
         self.write_chunks = self._splitter.write_chunks
 
     def data_received(self, data):
-        self._splitter.feed(data)
+        if not self._handles_own_errors:
+            self._splitter.feed(data)
+            return
+        try:
+            self._splitter.feed(data)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._framing_failed(exc)
+
+    def _framing_failed(self, exc):
+        """What a socket transport does when data_received raises: report, then close
+        with the error. (ferroloop's read pipes call this when a frame they deliver
+        fails.)"""
+        self._error = exc
+        self._loop.call_exception_handler(
+            {
+                "message": "Fatal error: protocol.data_received() call failed.",
+                "exception": exc,
+                "transport": self._raw_transport,
+                "protocol": self,
+            }
+        )
+        self._splitter.stop()
+        _close_at_once(self._raw_transport)
 
     def eof_received(self):
         error = self._incomplete()
@@ -366,7 +409,8 @@ class ChunkProtocol(asyncio.Protocol):
         self._splitter.write_chunk(data)
 
     def write_chunks(self, frames):
-        """Sends every frame of `frames` with one write of the transport."""
+        """Sends every frame of `frames` with one scatter/gather write of the transport
+        (`writelines`): `bytes` payloads of 1 KiB or more are not copied."""
         self._splitter.write_chunks(frames)
 
     # Mode switches.
@@ -410,19 +454,7 @@ class ChunkProtocol(asyncio.Protocol):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            # What the transport does when data_received raises: report, then close with
-            # the error.
-            self._error = exc
-            self._loop.call_exception_handler(
-                {
-                    "message": "Fatal error: protocol.data_received() call failed.",
-                    "exception": exc,
-                    "transport": transport,
-                    "protocol": self,
-                }
-            )
-            self._splitter.stop()
-            transport.abort()
+            self._framing_failed(exc)
             return
         if not self._splitter.paused:
             transport.resume_reading()
@@ -451,10 +483,36 @@ class SubprocessChunkProtocol(asyncio.SubprocessProtocol):
         self._splitters = {}
         # fd -> the exception that ended a pipe's framing, reported when it closes.
         self._errors = {}
+        # fds whose frames are held back until connection_made (see _native_splitter).
+        self._held = set()
         self.transport = None
 
     def connection_made(self, transport):
         self.transport = transport
+        for fd in sorted(self._held):
+            self._release(fd)
+
+    def _native_splitter(self, fd):
+        """The splitter of pipe `fd`, for ferroloop's pipe transport to read into (the
+        frames are then cut in Rust). It holds its frames back until connection_made, as
+        asyncio holds back pipe_data_received: bytes read before stay buffered in it, in
+        order with what follows."""
+        splitter = self._splitter_of(fd)
+        splitter.paused = True
+        self._held.add(fd)
+        return splitter
+
+    def _release(self, fd):
+        """Delivers what pipe `fd` held back before connection_made."""
+        self._held.discard(fd)
+        splitter = self._splitters[fd]
+        splitter.paused = False
+        try:
+            splitter.dispatch()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fail(fd, exc)
 
     def _splitter_of(self, fd):
         splitter = self._splitters.get(fd)
