@@ -570,10 +570,13 @@ class SubprocessChunkProtocol(asyncio.SubprocessProtocol):
 
 class FramedStream:
     """A framed connection as awaitables: `read_frame()`, `async for frame in stream`,
-    `write_frame()`, `write_frames()` and `drain()`.
+    `write_frame()`, `write_frames()` and `drain()`; `set_raw_mode()`, `read(n)`,
+    `readexactly(n)` and `set_frame_mode()` for bytes that are not frames.
 
-    Received frames are queued up to `max_queued`; beyond that reading pauses until the
-    application catches up (back-pressure through pause_reading/resume_reading).
+    Received frames are queued up to `max_queued` (raw bytes up to the framer's
+    `max_frame_size`, 64 KiB at least); beyond that reading pauses until the application
+    catches up (back-pressure through pause_reading/resume_reading). No byte is lost or
+    reordered across mode switches, whenever they happen.
     """
 
     def __init__(self, protocol):
@@ -595,6 +598,28 @@ class FramedStream:
         `FrameTooLarge`) or a connection error is raised once the frames before it are
         read."""
         return await self._protocol._read_frame()
+
+    def set_raw_mode(self):
+        """From now on the stream is read with `read()`/`readexactly()`: the bytes that
+        follow the last frame read (frames received and not read are handed back as the
+        bytes they came as), until `set_frame_mode()`. For a payload that is not framed,
+        e.g. after a header frame that announces its length."""
+        self._protocol._set_raw_mode()
+
+    def set_frame_mode(self):
+        """Back to frames: the bytes received and not read are split first."""
+        self._protocol._set_frame_mode()
+
+    async def read(self, n=-1):
+        """Raw mode: up to `n` bytes (at least one, `b""` at the end of input); all of
+        them up to the end of input when `n` is negative. An error that ended the
+        connection is raised once the bytes before it are read."""
+        return await self._protocol._read(n)
+
+    async def readexactly(self, n):
+        """Raw mode: exactly `n` bytes; `IncompleteReadError` with the bytes left when the
+        input ends first."""
+        return await self._protocol._readexactly(n)
 
     def __aiter__(self):
         return self
@@ -643,16 +668,65 @@ class FramedStream:
 DEFAULT_MAX_QUEUED = 64
 
 
+# Raw bytes a stream buffers at least before it pauses reading.
+MIN_RAW_BUFFER = 64 * 1024
+
+
+def _header_kept(framer):
+    """`framer` for a stream that may switch to raw mode: one whose frames are exactly the
+    bytes they came as, or can be made back into them. A length-prefixed frame that loses
+    part of its header cannot (an offset field, or a length field partly stripped): its
+    stream receives frames whole and strips them when they are read. Returns the framer
+    to split with and the bytes to strip."""
+    if not isinstance(framer, LengthPrefixed):
+        return framer, 0
+    if framer.strip == 0 or (framer.offset == 0 and framer.strip == framer.size):
+        return framer, 0
+    whole = LengthPrefixed(
+        framer.size,
+        byteorder=framer.byteorder,
+        offset=framer.offset,
+        adjustment=framer.adjustment,
+        strip=0,
+        max_frame_size=framer.max_frame_size,
+    )
+    return whole, framer.strip
+
+
 class _StreamProtocol(ChunkProtocol):
-    """The ChunkProtocol behind a FramedStream: frames into a queue, one waiter."""
+    """The ChunkProtocol behind a FramedStream: frames (or raw bytes) into a queue, one
+    waiter.
+
+    The stream frames ahead of its reader, so bytes a reader will want raw may already be
+    cut into frames when it switches: queued frames are turned back into the bytes they
+    came as (`_wire`). A framing error met ahead of the reader only pauses the splitter
+    (`defer_errors`): it is reported, and the connection closed, when the reader reaches
+    it in frame mode; in raw mode those bytes were not frames. At the end of input what
+    the splitter still holds is kept unframed (`_rest`) and split when the reader gets
+    there, so nothing depends on a delivery the loop would have made later.
+    """
 
     def __init__(self, framer, loop, *, max_queued=DEFAULT_MAX_QUEUED, connected=None):
-        super().__init__(framer, self._on_frame)
+        splitting, self._strip = _header_kept(framer)
+        super().__init__(splitting, self._on_frame)
+        self.framer = framer
+        self._splitting = splitting
+        self._splitter.defer_errors(self._on_framing_error)
         self._loop = loop
         self._frames = collections.deque()
         self._max_queued = max_queued
+        # Raw mode: the bytes received and not read; None in frame mode.
+        self._raw = None
+        self._raw_limit = max(framer.max_frame_size, MIN_RAW_BUFFER)
         self._waiter = None
-        self._end = None  # exception that ends reading: IncompleteReadError or an error
+        # The input ended (EOF or connection lost); with this error, or None when clean.
+        self._ended = False
+        self._end_error = None
+        # Bytes the splitter held at the end of input, not split yet.
+        self._rest = b""
+        # A framing error met ahead of the reader, and the one the reader reached.
+        self._deferred = None
+        self._failed = None
         self._connected = connected
         self._write_paused = False
         self._drain_waiters = collections.deque()
@@ -673,8 +747,20 @@ class _StreamProtocol(ChunkProtocol):
             self.transport.pause_reading()
         self._wake()
 
+    def _on_raw(self, data):
+        self._raw += data
+        if len(self._raw) >= self._raw_limit:
+            self.transport.pause_reading()
+        self._wake()
+
+    def _on_framing_error(self, exc):
+        # The splitter paused itself before the frame in error; the transport too.
+        self._deferred = exc
+        self.transport.pause_reading()
+        self._wake()
+
     def eof_received(self):
-        self._finish(self._incomplete() or asyncio.IncompleteReadError(b"", None))
+        self._finish(None)
         return None
 
     def connection_lost(self, exc):
@@ -682,7 +768,7 @@ class _StreamProtocol(ChunkProtocol):
             exc = self._error
         super().connection_lost(exc)
         # Reading ends with the error, or (closed without EOF) as at a clean EOF.
-        self._finish(exc or asyncio.IncompleteReadError(b"", None))
+        self._finish(exc)
         for waiter in self._drain_waiters:
             if not waiter.done():
                 if exc is None:
@@ -694,8 +780,18 @@ class _StreamProtocol(ChunkProtocol):
             self._closed.set_result(None)
 
     def _finish(self, exc):
-        if self._end is None:
-            self._end = exc
+        """The input ended, with `exc` or cleanly (None): what the splitter still holds is
+        taken out, raw bytes or bytes to split later."""
+        if not self._ended:
+            self._ended = True
+            self._end_error = exc
+            tail = self._splitter.pending()
+            self._splitter.stop()
+            self._deferred = None  # its bytes are in the tail
+            if self._raw is not None:
+                self._raw += tail
+            else:
+                self._rest += tail
         self._wake()
 
     def _wake(self):
@@ -703,16 +799,157 @@ class _StreamProtocol(ChunkProtocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _read_frame(self):
-        while not self._frames:
-            if self._end is not None:
-                raise self._end
-            self._waiter = self._loop.create_future()
-            await self._waiter
-        frame = self._frames.popleft()
-        if self._splitter.paused and len(self._frames) <= self._max_queued // 2:
+    async def _wait(self):
+        self._maybe_resume()
+        self._waiter = self._loop.create_future()
+        await self._waiter
+
+    def _maybe_resume(self):
+        """Reads again once the application took enough of what is queued."""
+        if not self._splitter.paused or self._ended or self._deferred is not None:
+            return
+        if self._raw is not None:
+            room = len(self._raw) <= self._raw_limit // 2
+        else:
+            room = len(self._frames) <= self._max_queued // 2
+        if room:
             self.transport.resume_reading()
+
+    # Frames.
+
+    async def _read_frame(self):
+        while True:
+            if self._raw is not None:
+                raise RuntimeError("the stream is in raw mode: use read() or readexactly()")
+            if self._frames:
+                frame = self._frames.popleft()
+                self._maybe_resume()
+                return frame[self._strip :] if self._strip else frame
+            if self._failed is not None:
+                raise self._failed
+            if self._deferred is not None:
+                self._reach_framing_error(self._deferred)
+            elif self._ended and self._rest:
+                self._split_rest()
+            elif self._ended:
+                raise self._end_error or asyncio.IncompleteReadError(b"", None)
+            else:
+                await self._wait()
+
+    def _split_rest(self):
+        """Splits the bytes left at the end of input into the queue. A partial frame is
+        the end (IncompleteReadError, unless a connection error ended the input); a
+        framing error is reached after the good frames."""
+        splitter = self._splitting._splitter(self._frames.append)
+        try:
+            splitter.feed(self._rest)
+        except (FrameTooLarge, InvalidFrame) as exc:
+            self._rest = splitter.pending()
+            self._reach_framing_error(exc)
+            return
+        partial, self._rest = splitter.pending(), b""
+        if partial and not self._frames:
+            raise self._end_error or asyncio.IncompleteReadError(partial, splitter.expected())
+        self._rest = partial
+
+    def _reach_framing_error(self, exc):
+        """The reader reached a frame in error: reported, and the connection closed, as a
+        transport does with one; read_frame() raises it from now on."""
+        self._deferred = None
+        self._failed = exc
+        if self._ended:
+            self._loop.call_exception_handler(
+                {
+                    "message": "Fatal error: protocol.data_received() call failed.",
+                    "exception": exc,
+                    "transport": self._raw_transport,
+                    "protocol": self,
+                }
+            )
+        else:
+            self._framing_failed(exc)
+
+    # Raw mode.
+
+    def _wire(self, frame):
+        """A queued frame as the bytes it came as."""
+        framer = self._splitting
+        if isinstance(framer, Delimiter):
+            return frame if framer.keep else frame + framer.delimiter
+        if isinstance(framer, LengthPrefixed) and framer.strip != 0:
+            return framer.encode(frame)
         return frame
+
+    def _set_raw_mode(self):
+        if self._raw is not None:
+            return
+        raw = bytearray()
+        for frame in self._frames:
+            raw += self._wire(frame)
+        self._frames.clear()
+        self._raw = raw
+        if self._ended or self._failed is not None:
+            raw += self._rest
+            self._rest = b""
+            self._failed = None
+        else:
+            # What the splitter holds follows, delivered to _on_raw: bytes it could not
+            # frame (a deferred error) too.
+            self._deferred = None
+            self.set_raw_mode(self._on_raw)
+            self._maybe_resume()
+        self._wake()
+
+    def _set_frame_mode(self):
+        if self._raw is None:
+            return
+        rest, self._raw = bytes(self._raw), None
+        if self._ended:
+            self._rest = rest + self._rest
+        else:
+            self.set_frame_mode(rest)
+        self._wake()
+
+    def _raw_bytes(self):
+        if self._raw is None:
+            raise RuntimeError("the stream is in frame mode: call set_raw_mode() first")
+        return self._raw
+
+    def _take(self, n):
+        raw = self._raw
+        data = bytes(raw[:n])
+        del raw[:n]
+        self._maybe_resume()
+        return data
+
+    async def _read(self, n):
+        raw = self._raw_bytes()
+        if n == 0:
+            return b""
+        while (not raw or n < 0) and not self._ended:
+            await self._wait()
+            raw = self._raw_bytes()
+        if raw:
+            return self._take(len(raw) if n < 0 else n)
+        if self._end_error is not None:
+            raise self._end_error
+        return b""
+
+    async def _readexactly(self, n):
+        if n < 0:
+            raise ValueError("readexactly size can not be less than zero")
+        raw = self._raw_bytes()
+        while len(raw) < n and not self._ended:
+            await self._wait()
+            raw = self._raw_bytes()
+        if len(raw) >= n:
+            return self._take(n)
+        partial = self._take(len(raw))
+        if self._end_error is not None:
+            raise self._end_error
+        raise asyncio.IncompleteReadError(partial, n)
+
+    # Writing.
 
     def pause_writing(self):
         self._write_paused = True

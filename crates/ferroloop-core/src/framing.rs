@@ -386,12 +386,14 @@ impl Framer {
         self.end += n;
     }
 
-    /// Hands out everything buffered (for a reader that switched to raw bytes). The slice
+    /// Hands out everything buffered (for a reader that switched to raw bytes), and
+    /// forgets an error found in those bytes: they were not frames after all. The slice
     /// is valid until the framer is next changed.
     pub fn take_buffered(&mut self) -> &[u8] {
         let range = self.start..self.end;
         self.start = self.end;
         self.scanned = 0;
+        self.poisoned = None;
         &self.buf[range]
     }
 
@@ -772,6 +774,17 @@ mod tests {
             framer.extend(&wire);
             assert_eq!(drain(&mut framer).unwrap(), payloads, "{framing:?}");
         }
+    }
+
+    #[test]
+    fn taking_the_buffered_bytes_forgets_their_error() {
+        let mut framer = lines(4);
+        framer.extend(b"toolong\r\n");
+        assert!(framer.next_frame().is_err());
+        assert!(framer.next_frame().is_err());
+        assert_eq!(framer.take_buffered(), b"toolong\r\n");
+        framer.extend(b"ok\r\n");
+        assert_eq!(framer.next_frame(), Ok(Some(&b"ok"[..])));
     }
 
     #[test]

@@ -63,6 +63,9 @@ struct SplitterState {
     /// there directly.
     stream: Option<Py<StreamCore>>,
     mode: Mode,
+    /// Receives a framing error instead of the transport (`defer_errors`): delivery
+    /// pauses before the frame in error, whose bytes stay buffered.
+    on_error: Option<Py<PyAny>>,
     /// The protocol paused reading: no frame is delivered until it is cleared.
     paused: bool,
     /// Delivery is over for good (closed, lost, or a framing error).
@@ -77,6 +80,8 @@ enum Step {
     Call(Py<PyAny>, Py<PyBytes>),
     Done,
     Failed(FrameError),
+    /// A framing error for the `on_error` callback; delivery is paused.
+    Deferred(Py<PyAny>, FrameError),
 }
 
 /// A connection's framer and the callbacks its frames and raw bytes go to.
@@ -244,10 +249,16 @@ impl FrameSplitter {
                 match state.framer.next_frame() {
                     Ok(Some(frame)) => Step::Call(on_chunk, PyBytes::new(py, frame).unbind()),
                     Ok(None) => Step::Done,
-                    Err(err) => {
-                        state.stopped = true;
-                        Step::Failed(err)
-                    }
+                    Err(err) => match state.on_error.as_ref().map(|e| e.clone_ref(py)) {
+                        Some(on_error) => {
+                            state.paused = true;
+                            Step::Deferred(on_error, err)
+                        }
+                        None => {
+                            state.stopped = true;
+                            Step::Failed(err)
+                        }
+                    },
                 }
             }
         }
@@ -273,6 +284,9 @@ impl FrameSplitter {
                 }
                 Step::Done => break Ok(()),
                 Step::Failed(err) => break Err(framing_error(py, err)),
+                Step::Deferred(on_error, err) => {
+                    break on_error.call1(py, (framing_error(py, err),)).map(drop);
+                }
             }
         };
         let mut state = self.state.borrow_mut(py);
@@ -351,6 +365,7 @@ impl FrameSplitter {
                 writer: None,
                 writelines: None,
                 stream: None,
+                on_error: None,
                 mode: Mode::Frames,
                 paused: false,
                 stopped: false,
@@ -420,10 +435,20 @@ impl FrameSplitter {
             state.stopped = true;
             (
                 state.on_chunk.take(),
+                state.on_error.take(),
                 std::mem::replace(&mut state.mode, Mode::Frames),
             )
         };
         drop(released);
+    }
+
+    /// From now on a framing error (a frame over the limit, an impossible length) is not
+    /// raised to the transport: delivery pauses before that frame, its bytes stay
+    /// buffered, and `on_error(exc)` is called. The reader decides: switch to raw mode
+    /// (the bytes were not frames) or fail.
+    fn defer_errors(&self, py: Python<'_>, on_error: Py<PyAny>) {
+        let old = self.state.borrow_mut(py).on_error.replace(on_error);
+        drop(old);
     }
 
     /// Sets the transport's `write`, which `write_chunk` hands the framed bytes to, and
@@ -544,6 +569,7 @@ impl FrameSplitter {
         visit.call(&state.writer)?;
         visit.call(&state.writelines)?;
         visit.call(&state.stream)?;
+        visit.call(&state.on_error)?;
         if let Mode::Raw(on_data) = &state.mode {
             visit.call(on_data)?;
         }
@@ -557,6 +583,7 @@ impl FrameSplitter {
                 state.writer.take(),
                 state.writelines.take(),
                 state.stream.take(),
+                state.on_error.take(),
                 std::mem::replace(&mut state.mode, Mode::Frames),
             )
         });
