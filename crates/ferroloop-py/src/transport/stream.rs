@@ -222,7 +222,10 @@ impl StreamCore {
             }
             Receiver::Framed(splitter) => Ok(match splitter.get().receive(py, self.fd) {
                 Ok(0) => ReadOutcome::Eof,
-                Ok(_) => ReadOutcome::Received,
+                Ok(n) => {
+                    self.count_read(n as isize);
+                    ReadOutcome::Received
+                }
                 Err(err) if would_block(&err) => ReadOutcome::NotReady,
                 Err(err) => ReadOutcome::Failed(err),
             }),
