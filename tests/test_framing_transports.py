@@ -413,3 +413,57 @@ def test_subprocess_frames_read_before_connection_made_wait_for_it():
     assert events == ["made", (1, b"early"), (1, b"half")]
     splitter.feed(b"late\n")
     assert events[-1] == (1, b"late")
+
+
+def test_pipes_raw_streams_and_vectored_writes_on_uvloop():
+    """uvloop (when installed, as `tools/dev.py bench` does): an oversized frame closes a
+    read pipe with the error, a FramedStream switches to raw bytes and back, and
+    write_chunks goes through writelines, as on the other loops."""
+    uvloop = pytest.importorskip("uvloop")
+    from ferroloop import framing
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        errors: list = []
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        got, lost = [], []
+        protocol = ChunkProtocol(
+            LengthPrefixed(1, max_frame_size=4), got.append, on_connection_lost=lost.append
+        )
+        rfd, wfd = os.pipe()
+        await loop.connect_read_pipe(lambda: protocol, open(rfd, "rb", buffering=0))
+        os.write(wfd, b"\x02ok\x09" + b"x" * 9)
+        while not lost:
+            await asyncio.sleep(0.001)
+        os.close(wfd)
+        assert got == [b"ok"]
+        assert isinstance(lost[0], FrameTooLarge)
+        assert [c["exception"] for c in errors] == [lost[0]]
+
+        big = os.urandom(50_000)
+
+        async def serve(stream):
+            stream.write_frames([b"LEN %d" % len(big), big])  # big is no frame: raw
+            stream.write_frame(b"END")
+            await stream.drain()
+            stream.close()
+
+        server = await framing.start_server(serve, "127.0.0.1", 0, framer=Delimiter(b"\n"))
+        port = server.sockets[0].getsockname()[1]
+        stream = await framing.open_connection("127.0.0.1", port, framer=Delimiter(b"\n"))
+        size = int((await stream.read_frame()).split()[1])
+        stream.set_raw_mode()
+        payload = await stream.readexactly(size + 1)
+        stream.set_frame_mode()
+        assert payload == big + b"\n"
+        assert await stream.read_frame() == b"END"
+        stream.close()
+        await stream.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
