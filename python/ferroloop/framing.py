@@ -471,6 +471,10 @@ class SubprocessChunkProtocol(asyncio.SubprocessProtocol):
     or an oversized frame (`FrameTooLarge`), is a fatal error of that pipe, as one from a
     socket's `data_received`: the exception handler is called, the pipe is closed, and
     `on_eof` gets the exception. Pause a pipe with `get_pipe_transport(fd).pause_reading()`.
+
+    On ferroloop the pipe transports cut the frames in Rust (`pipe_data_received` is not
+    called); frames read before `connection_made` are delivered when it runs, so a
+    subclass that overrides `connection_made` must call the base method.
     """
 
     def __init__(self, framer, on_chunk, *, on_eof=None, on_exit=None):
