@@ -1,8 +1,8 @@
 """ferroloop.framing: ChunkProtocol, the framers and framed streams, on both loops.
 
-On ferroloop's socket transports the frames are cut in Rust inside the transport's read
-path; on asyncio's loop (and on TLS and pipe transports) `data_received` feeds the same
-splitter. Every test runs on both, so the two paths are held to the same behaviour.
+On ferroloop's transports the frames are cut in Rust inside the transport's read path;
+on asyncio's loop `data_received` feeds the same splitter. Every test runs on both, so the
+two paths are held to the same behaviour (TLS and pipes: test_framing_transports.py).
 
 Reads are controlled through a Unix socket pair: the test writes one part, runs the loop
 until the kernel holds no unread byte for the transport (FIONREAD), then writes the next,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import socket
 import time
 
 import ferroloop
@@ -104,6 +105,35 @@ def test_bytes_echoed_and_open_transports(floop):
     assert seen["open"]["stream"] == 2
     assert after.transports["stream"] == 0
     assert after.io_events > before.io_events
+
+
+def test_framed_transports_count_the_bytes_they_read(floop):
+    """A ChunkProtocol's socket and pipe transports read into its splitter themselves."""
+    from ferroloop.framing import ChunkProtocol, Delimiter
+
+    wire = b"frame\n" * 1000
+
+    async def main():
+        frames = []
+        near, far = socket.socketpair()
+        protocol = ChunkProtocol(Delimiter(b"\n"), frames.append)
+        transport, _ = await floop.connect_accepted_socket(lambda: protocol, near)
+        rfd, wfd = os.pipe()
+        piped = ChunkProtocol(Delimiter(b"\n"), frames.append)
+        pipe, _ = await floop.connect_read_pipe(lambda: piped, os.fdopen(rfd, "rb", 0))
+        far.sendall(wire)
+        os.write(wfd, wire)
+        while len(frames) < 2000:
+            await asyncio.sleep(0.001)
+        far.close()
+        os.close(wfd)
+        transport.close()
+        pipe.close()
+        await asyncio.sleep(0.01)
+
+    before = floop.stats()
+    floop.run_until_complete(main())
+    assert floop.stats().bytes_read - before.bytes_read == 2 * len(wire)
 
 
 def test_pipes_and_datagrams_are_counted(floop):

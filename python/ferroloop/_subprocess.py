@@ -91,10 +91,26 @@ class _PipeEnd(asyncio.BaseProtocol):
 
 
 class _ReadPipeEnd(_PipeEnd, asyncio.Protocol):
-    """The protocol of the child's stdout/stderr pipe transports."""
+    """The protocol of the child's stdout/stderr pipe transports. For a
+    `SubprocessChunkProtocol` it carries the pipe's splitter: the pipe transport reads
+    into it and the frames are cut in Rust (data_received is not called)."""
+
+    def __init__(self, proc, fd):
+        super().__init__(proc, fd)
+        from .framing import SubprocessChunkProtocol
+
+        if isinstance(proc._protocol, SubprocessChunkProtocol):
+            self._ferroloop_splitter = proc._protocol._native_splitter(fd)
 
     def data_received(self, data):
         self.proc._pipe_data_received(self.fd, data)
+
+    def _framing_failed(self, exc):
+        """A frame the pipe transport delivered failed: the subprocess protocol's fatal
+        error of that pipe, as when its pipe_data_received fails."""
+        proc = self.proc
+        if proc is not None and proc._protocol is not None:
+            proc._protocol._fail(self.fd, exc)
 
 
 def _wait_in_thread(loop, transport, proc, pid, on_closed_loop_only):

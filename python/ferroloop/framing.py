@@ -12,10 +12,10 @@ DATA). Here the application names its framing once and receives one call per fra
 
 A framer (`Delimiter`, `LengthPrefixed`, `FixedSize`) describes the framing; every
 `ChunkProtocol` gets its own `ferroloop._core.FrameSplitter`, a Rust state machine. On
-ferroloop's TCP and Unix socket transports the transport receives straight into the
-splitter's buffer and frames are cut in Rust, one call into Python per frame. On any other
-transport (asyncio's or uvloop's loop, TLS, pipes) `data_received` feeds the same splitter,
-so behaviour is identical everywhere.
+ferroloop's transports (TCP and Unix sockets, TLS, pipes and subprocess pipes) the
+transport hands what it read (TLS: the decrypted plaintext) straight to the splitter and
+frames are cut in Rust, one call into Python per frame. On any other loop (asyncio's,
+uvloop's) `data_received` feeds the same splitter, so behaviour is identical everywhere.
 
 Flow control is per frame: `protocol.transport.pause_reading()` inside `on_chunk` stops
 delivery of the frames still buffered until `resume_reading()`. An oversized frame raises
@@ -24,7 +24,9 @@ frame is reported as an `IncompleteReadError` carrying the partial frame.
 
 The awaitable face: `open_connection(host, port, framer=...)` and
 `start_server(cb, host, port, framer=...)` give `FramedStream` objects with
-`read_frame()`, `async for`, `write_frame()` and `drain()`.
+`read_frame()`, `async for`, `write_frame()` and `drain()`, and a raw mode
+(`set_raw_mode()`, `read(n)`, `readexactly(n)`, `set_frame_mode()`) for payloads that are
+not frames.
 """
 
 from __future__ import annotations
@@ -280,16 +282,28 @@ class FramedTransport(asyncio.Transport):
         return f"<FramedTransport {self._transport!r}>"
 
 
-def _writer_of(transport):
-    """`transport.write`; for ferroloop's socket transport (its write not replaced on the
-    instance) the Rust core's write itself, one call less per frame."""
+def _writers_of(transport):
+    """`(write, writelines, core)`: the transport's `write` and `writelines`, and the Rust
+    core of ferroloop's socket transport (its write methods not replaced on the
+    instance), whose own write is then one call less per frame and which takes the
+    vectored writes of `write_chunks` directly. `write` is None for a read pipe."""
     if (
         type(transport) is SocketTransport
         and "write" not in transport.__dict__
-        and type(transport).write is SocketTransport.write
+        and "writelines" not in transport.__dict__
     ):
-        return transport._core.write
-    return getattr(transport, "write", None)  # None: a read pipe
+        core = transport._core
+        return core.write, None, core
+    return getattr(transport, "write", None), getattr(transport, "writelines", None), None
+
+
+def _close_at_once(transport):
+    """`transport.abort()`, or `close()` for a read pipe (it has nothing queued to lose)."""
+    abort = getattr(transport, "abort", None)
+    if abort is not None:
+        abort()
+    else:
+        transport.close()
 
 
 class ChunkProtocol(asyncio.Protocol):
@@ -302,8 +316,9 @@ class ChunkProtocol(asyncio.Protocol):
     connection, or the unreported `IncompleteReadError` of a partial frame, or None.
 
     An exception from `on_chunk` is handled as one from `data_received`: the exception
-    handler is called and the connection closed with it. `transport` (after
-    connection_made) is a `FramedTransport`.
+    handler is called and the connection closed with it (on read pipes too, which
+    asyncio's loop would keep open). `transport` (after connection_made) is a
+    `FramedTransport`.
     """
 
     def __init__(self, framer, on_chunk, *, on_eof=None, on_connection_lost=None):
@@ -317,6 +332,9 @@ class ChunkProtocol(asyncio.Protocol):
         self._raw_transport = None
         self._loop = None
         self.transport = None
+        # A read pipe's transport leaves a data_received error to its loop's exception
+        # handler and keeps reading: the protocol then reports it and closes itself.
+        self._handles_own_errors = False
         # An error to report at connection_lost: a partial frame at EOF, or an exception
         # from a delivery the transport did not see (after resume_reading).
         self._error = None
@@ -325,15 +343,40 @@ class ChunkProtocol(asyncio.Protocol):
         self._raw_transport = transport
         self._loop = asyncio.get_running_loop()
         self.transport = FramedTransport(transport, self)
-        writer = _writer_of(transport)
-        if writer is not None:
-            self._splitter.set_writer(writer)
+        write, writelines, core = _writers_of(transport)
+        if write is not None:
+            self._splitter.set_writer(write, writelines, core)
+        self._handles_own_errors = write is None
         # Straight into Rust: encode and hand to the transport's write in one call.
         self.write_chunk = self._splitter.write_chunk
         self.write_chunks = self._splitter.write_chunks
 
     def data_received(self, data):
-        self._splitter.feed(data)
+        if not self._handles_own_errors:
+            self._splitter.feed(data)
+            return
+        try:
+            self._splitter.feed(data)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._framing_failed(exc)
+
+    def _framing_failed(self, exc):
+        """What a socket transport does when data_received raises: report, then close
+        with the error. (ferroloop's read pipes call this when a frame they deliver
+        fails.)"""
+        self._error = exc
+        self._loop.call_exception_handler(
+            {
+                "message": "Fatal error: protocol.data_received() call failed.",
+                "exception": exc,
+                "transport": self._raw_transport,
+                "protocol": self,
+            }
+        )
+        self._splitter.stop()
+        _close_at_once(self._raw_transport)
 
     def eof_received(self):
         error = self._incomplete()
@@ -366,7 +409,8 @@ class ChunkProtocol(asyncio.Protocol):
         self._splitter.write_chunk(data)
 
     def write_chunks(self, frames):
-        """Sends every frame of `frames` with one write of the transport."""
+        """Sends every frame of `frames` with one scatter/gather write of the transport
+        (`writelines`): `bytes` payloads of 1 KiB or more are not copied."""
         self._splitter.write_chunks(frames)
 
     # Mode switches.
@@ -410,19 +454,7 @@ class ChunkProtocol(asyncio.Protocol):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            # What the transport does when data_received raises: report, then close with
-            # the error.
-            self._error = exc
-            self._loop.call_exception_handler(
-                {
-                    "message": "Fatal error: protocol.data_received() call failed.",
-                    "exception": exc,
-                    "transport": transport,
-                    "protocol": self,
-                }
-            )
-            self._splitter.stop()
-            transport.abort()
+            self._framing_failed(exc)
             return
         if not self._splitter.paused:
             transport.resume_reading()
@@ -439,6 +471,10 @@ class SubprocessChunkProtocol(asyncio.SubprocessProtocol):
     or an oversized frame (`FrameTooLarge`), is a fatal error of that pipe, as one from a
     socket's `data_received`: the exception handler is called, the pipe is closed, and
     `on_eof` gets the exception. Pause a pipe with `get_pipe_transport(fd).pause_reading()`.
+
+    On ferroloop the pipe transports cut the frames in Rust (`pipe_data_received` is not
+    called); frames read before `connection_made` are delivered when it runs, so a
+    subclass that overrides `connection_made` must call the base method.
     """
 
     def __init__(self, framer, on_chunk, *, on_eof=None, on_exit=None):
@@ -451,10 +487,36 @@ class SubprocessChunkProtocol(asyncio.SubprocessProtocol):
         self._splitters = {}
         # fd -> the exception that ended a pipe's framing, reported when it closes.
         self._errors = {}
+        # fds whose frames are held back until connection_made (see _native_splitter).
+        self._held = set()
         self.transport = None
 
     def connection_made(self, transport):
         self.transport = transport
+        for fd in sorted(self._held):
+            self._release(fd)
+
+    def _native_splitter(self, fd):
+        """The splitter of pipe `fd`, for ferroloop's pipe transport to read into (the
+        frames are then cut in Rust). It holds its frames back until connection_made, as
+        asyncio holds back pipe_data_received: bytes read before stay buffered in it, in
+        order with what follows."""
+        splitter = self._splitter_of(fd)
+        splitter.paused = True
+        self._held.add(fd)
+        return splitter
+
+    def _release(self, fd):
+        """Delivers what pipe `fd` held back before connection_made."""
+        self._held.discard(fd)
+        splitter = self._splitters[fd]
+        splitter.paused = False
+        try:
+            splitter.dispatch()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fail(fd, exc)
 
     def _splitter_of(self, fd):
         splitter = self._splitters.get(fd)
@@ -512,10 +574,13 @@ class SubprocessChunkProtocol(asyncio.SubprocessProtocol):
 
 class FramedStream:
     """A framed connection as awaitables: `read_frame()`, `async for frame in stream`,
-    `write_frame()`, `write_frames()` and `drain()`.
+    `write_frame()`, `write_frames()` and `drain()`; `set_raw_mode()`, `read(n)`,
+    `readexactly(n)` and `set_frame_mode()` for bytes that are not frames.
 
-    Received frames are queued up to `max_queued`; beyond that reading pauses until the
-    application catches up (back-pressure through pause_reading/resume_reading).
+    Received frames are queued up to `max_queued` (raw bytes up to the framer's
+    `max_frame_size`, 64 KiB at least); beyond that reading pauses until the application
+    catches up (back-pressure through pause_reading/resume_reading). No byte is lost or
+    reordered across mode switches, whenever they happen.
     """
 
     def __init__(self, protocol):
@@ -537,6 +602,28 @@ class FramedStream:
         `FrameTooLarge`) or a connection error is raised once the frames before it are
         read."""
         return await self._protocol._read_frame()
+
+    def set_raw_mode(self):
+        """From now on the stream is read with `read()`/`readexactly()`: the bytes that
+        follow the last frame read (frames received and not read are handed back as the
+        bytes they came as), until `set_frame_mode()`. For a payload that is not framed,
+        e.g. after a header frame that announces its length."""
+        self._protocol._set_raw_mode()
+
+    def set_frame_mode(self):
+        """Back to frames: the bytes received and not read are split first."""
+        self._protocol._set_frame_mode()
+
+    async def read(self, n=-1):
+        """Raw mode: up to `n` bytes (at least one, `b""` at the end of input); all of
+        them up to the end of input when `n` is negative. An error that ended the
+        connection is raised once the bytes before it are read."""
+        return await self._protocol._read(n)
+
+    async def readexactly(self, n):
+        """Raw mode: exactly `n` bytes; `IncompleteReadError` with the bytes left when the
+        input ends first."""
+        return await self._protocol._readexactly(n)
 
     def __aiter__(self):
         return self
@@ -585,16 +672,65 @@ class FramedStream:
 DEFAULT_MAX_QUEUED = 64
 
 
+# Raw bytes a stream buffers at least before it pauses reading.
+MIN_RAW_BUFFER = 64 * 1024
+
+
+def _header_kept(framer):
+    """`framer` for a stream that may switch to raw mode: one whose frames are exactly the
+    bytes they came as, or can be made back into them. A length-prefixed frame that loses
+    part of its header cannot (an offset field, or a length field partly stripped): its
+    stream receives frames whole and strips them when they are read. Returns the framer
+    to split with and the bytes to strip."""
+    if not isinstance(framer, LengthPrefixed):
+        return framer, 0
+    if framer.strip == 0 or (framer.offset == 0 and framer.strip == framer.size):
+        return framer, 0
+    whole = LengthPrefixed(
+        framer.size,
+        byteorder=framer.byteorder,
+        offset=framer.offset,
+        adjustment=framer.adjustment,
+        strip=0,
+        max_frame_size=framer.max_frame_size,
+    )
+    return whole, framer.strip
+
+
 class _StreamProtocol(ChunkProtocol):
-    """The ChunkProtocol behind a FramedStream: frames into a queue, one waiter."""
+    """The ChunkProtocol behind a FramedStream: frames (or raw bytes) into a queue, one
+    waiter.
+
+    The stream frames ahead of its reader, so bytes a reader will want raw may already be
+    cut into frames when it switches: queued frames are turned back into the bytes they
+    came as (`_wire`). A framing error met ahead of the reader only pauses the splitter
+    (`defer_errors`): it is reported, and the connection closed, when the reader reaches
+    it in frame mode; in raw mode those bytes were not frames. At the end of input what
+    the splitter still holds is kept unframed (`_rest`) and split when the reader gets
+    there, so nothing depends on a delivery the loop would have made later.
+    """
 
     def __init__(self, framer, loop, *, max_queued=DEFAULT_MAX_QUEUED, connected=None):
-        super().__init__(framer, self._on_frame)
+        splitting, self._strip = _header_kept(framer)
+        super().__init__(splitting, self._on_frame)
+        self.framer = framer
+        self._splitting = splitting
+        self._splitter.defer_errors(self._on_framing_error)
         self._loop = loop
         self._frames = collections.deque()
         self._max_queued = max_queued
+        # Raw mode: the bytes received and not read; None in frame mode.
+        self._raw = None
+        self._raw_limit = max(framer.max_frame_size, MIN_RAW_BUFFER)
         self._waiter = None
-        self._end = None  # exception that ends reading: IncompleteReadError or an error
+        # The input ended (EOF or connection lost); with this error, or None when clean.
+        self._ended = False
+        self._end_error = None
+        # Bytes the splitter held at the end of input, not split yet.
+        self._rest = b""
+        # A framing error met ahead of the reader, and the one the reader reached.
+        self._deferred = None
+        self._failed = None
         self._connected = connected
         self._write_paused = False
         self._drain_waiters = collections.deque()
@@ -615,8 +751,20 @@ class _StreamProtocol(ChunkProtocol):
             self.transport.pause_reading()
         self._wake()
 
+    def _on_raw(self, data):
+        self._raw += data
+        if len(self._raw) >= self._raw_limit:
+            self.transport.pause_reading()
+        self._wake()
+
+    def _on_framing_error(self, exc):
+        # The splitter paused itself before the frame in error; the transport too.
+        self._deferred = exc
+        self.transport.pause_reading()
+        self._wake()
+
     def eof_received(self):
-        self._finish(self._incomplete() or asyncio.IncompleteReadError(b"", None))
+        self._finish(None)
         return None
 
     def connection_lost(self, exc):
@@ -624,7 +772,7 @@ class _StreamProtocol(ChunkProtocol):
             exc = self._error
         super().connection_lost(exc)
         # Reading ends with the error, or (closed without EOF) as at a clean EOF.
-        self._finish(exc or asyncio.IncompleteReadError(b"", None))
+        self._finish(exc)
         for waiter in self._drain_waiters:
             if not waiter.done():
                 if exc is None:
@@ -636,8 +784,18 @@ class _StreamProtocol(ChunkProtocol):
             self._closed.set_result(None)
 
     def _finish(self, exc):
-        if self._end is None:
-            self._end = exc
+        """The input ended, with `exc` or cleanly (None): what the splitter still holds is
+        taken out, raw bytes or bytes to split later."""
+        if not self._ended:
+            self._ended = True
+            self._end_error = exc
+            tail = self._splitter.pending()
+            self._splitter.stop()
+            self._deferred = None  # its bytes are in the tail
+            if self._raw is not None:
+                self._raw += tail
+            else:
+                self._rest += tail
         self._wake()
 
     def _wake(self):
@@ -645,16 +803,157 @@ class _StreamProtocol(ChunkProtocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _read_frame(self):
-        while not self._frames:
-            if self._end is not None:
-                raise self._end
-            self._waiter = self._loop.create_future()
-            await self._waiter
-        frame = self._frames.popleft()
-        if self._splitter.paused and len(self._frames) <= self._max_queued // 2:
+    async def _wait(self):
+        self._maybe_resume()
+        self._waiter = self._loop.create_future()
+        await self._waiter
+
+    def _maybe_resume(self):
+        """Reads again once the application took enough of what is queued."""
+        if not self._splitter.paused or self._ended or self._deferred is not None:
+            return
+        if self._raw is not None:
+            room = len(self._raw) <= self._raw_limit // 2
+        else:
+            room = len(self._frames) <= self._max_queued // 2
+        if room:
             self.transport.resume_reading()
+
+    # Frames.
+
+    async def _read_frame(self):
+        while True:
+            if self._raw is not None:
+                raise RuntimeError("the stream is in raw mode: use read() or readexactly()")
+            if self._frames:
+                frame = self._frames.popleft()
+                self._maybe_resume()
+                return frame[self._strip :] if self._strip else frame
+            if self._failed is not None:
+                raise self._failed
+            if self._deferred is not None:
+                self._reach_framing_error(self._deferred)
+            elif self._ended and self._rest:
+                self._split_rest()
+            elif self._ended:
+                raise self._end_error or asyncio.IncompleteReadError(b"", None)
+            else:
+                await self._wait()
+
+    def _split_rest(self):
+        """Splits the bytes left at the end of input into the queue. A partial frame is
+        the end (IncompleteReadError, unless a connection error ended the input); a
+        framing error is reached after the good frames."""
+        splitter = self._splitting._splitter(self._frames.append)
+        try:
+            splitter.feed(self._rest)
+        except (FrameTooLarge, InvalidFrame) as exc:
+            self._rest = splitter.pending()
+            self._reach_framing_error(exc)
+            return
+        partial, self._rest = splitter.pending(), b""
+        if partial and not self._frames:
+            raise self._end_error or asyncio.IncompleteReadError(partial, splitter.expected())
+        self._rest = partial
+
+    def _reach_framing_error(self, exc):
+        """The reader reached a frame in error: reported, and the connection closed, as a
+        transport does with one; read_frame() raises it from now on."""
+        self._deferred = None
+        self._failed = exc
+        if self._ended:
+            self._loop.call_exception_handler(
+                {
+                    "message": "Fatal error: protocol.data_received() call failed.",
+                    "exception": exc,
+                    "transport": self._raw_transport,
+                    "protocol": self,
+                }
+            )
+        else:
+            self._framing_failed(exc)
+
+    # Raw mode.
+
+    def _wire(self, frame):
+        """A queued frame as the bytes it came as."""
+        framer = self._splitting
+        if isinstance(framer, Delimiter):
+            return frame if framer.keep else frame + framer.delimiter
+        if isinstance(framer, LengthPrefixed) and framer.strip != 0:
+            return framer.encode(frame)
         return frame
+
+    def _set_raw_mode(self):
+        if self._raw is not None:
+            return
+        raw = bytearray()
+        for frame in self._frames:
+            raw += self._wire(frame)
+        self._frames.clear()
+        self._raw = raw
+        if self._ended or self._failed is not None:
+            raw += self._rest
+            self._rest = b""
+            self._failed = None
+        else:
+            # What the splitter holds follows, delivered to _on_raw: bytes it could not
+            # frame (a deferred error) too.
+            self._deferred = None
+            self.set_raw_mode(self._on_raw)
+            self._maybe_resume()
+        self._wake()
+
+    def _set_frame_mode(self):
+        if self._raw is None:
+            return
+        rest, self._raw = bytes(self._raw), None
+        if self._ended:
+            self._rest = rest + self._rest
+        else:
+            self.set_frame_mode(rest)
+        self._wake()
+
+    def _raw_bytes(self):
+        if self._raw is None:
+            raise RuntimeError("the stream is in frame mode: call set_raw_mode() first")
+        return self._raw
+
+    def _take(self, n):
+        raw = self._raw
+        data = bytes(raw[:n])
+        del raw[:n]
+        self._maybe_resume()
+        return data
+
+    async def _read(self, n):
+        raw = self._raw_bytes()
+        if n == 0:
+            return b""
+        while (not raw or n < 0) and not self._ended:
+            await self._wait()
+            raw = self._raw_bytes()
+        if raw:
+            return self._take(len(raw) if n < 0 else n)
+        if self._end_error is not None:
+            raise self._end_error
+        return b""
+
+    async def _readexactly(self, n):
+        if n < 0:
+            raise ValueError("readexactly size can not be less than zero")
+        raw = self._raw_bytes()
+        while len(raw) < n and not self._ended:
+            await self._wait()
+            raw = self._raw_bytes()
+        if len(raw) >= n:
+            return self._take(n)
+        partial = self._take(len(raw))
+        if self._end_error is not None:
+            raise self._end_error
+        raise asyncio.IncompleteReadError(partial, n)
+
+    # Writing.
 
     def pause_writing(self):
         self._write_paused = True

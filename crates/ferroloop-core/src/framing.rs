@@ -108,21 +108,34 @@ impl Framing {
         max_frame_size: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), EncodeError> {
-        if payload.len() > max_frame_size {
+        self.header(payload.len(), max_frame_size, out)?;
+        let trailer = self.trailer();
+        out.reserve(payload.len() + trailer.len());
+        out.extend_from_slice(payload);
+        out.extend_from_slice(trailer);
+        Ok(())
+    }
+
+    /// Appends to `out` what goes on the wire before a payload of `len` bytes (the length
+    /// field, or nothing), after the checks of [`Framing::encode`]; the payload and then
+    /// [`Framing::trailer`] follow. For scatter/gather writes that keep the payload where
+    /// it is.
+    pub fn header(
+        &self,
+        len: usize,
+        max_frame_size: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        if len > max_frame_size {
             return Err(EncodeError::TooLarge);
         }
         match self {
-            Framing::Delimiter { delimiter, .. } => {
-                out.reserve(payload.len() + delimiter.len());
-                out.extend_from_slice(payload);
-                out.extend_from_slice(delimiter);
-            }
+            Framing::Delimiter { .. } => {}
             Framing::LengthPrefixed(field) => {
                 if field.offset != 0 || field.strip != field.size {
                     return Err(EncodeError::HeaderNotLengthAlone);
                 }
-                let value = i128::try_from(payload.len()).unwrap_or(i128::MAX)
-                    - i128::from(field.adjustment);
+                let value = i128::try_from(len).unwrap_or(i128::MAX) - i128::from(field.adjustment);
                 let fits = field.size == 8 || value < 1i128 << (8 * field.size);
                 let value = match u64::try_from(value) {
                     Ok(value) if fits => value,
@@ -138,18 +151,23 @@ impl Framing {
                 } else {
                     &bytes[..field.size]
                 };
-                out.reserve(field.size + payload.len());
                 out.extend_from_slice(field_bytes);
-                out.extend_from_slice(payload);
             }
             Framing::FixedSize(n) => {
-                if payload.len() != *n {
+                if len != *n {
                     return Err(EncodeError::WrongSize);
                 }
-                out.extend_from_slice(payload);
             }
         }
         Ok(())
+    }
+
+    /// What goes on the wire after a payload: the delimiter, or nothing.
+    pub fn trailer(&self) -> &[u8] {
+        match self {
+            Framing::Delimiter { delimiter, .. } => delimiter,
+            Framing::LengthPrefixed(_) | Framing::FixedSize(_) => &[],
+        }
     }
 }
 
@@ -368,12 +386,14 @@ impl Framer {
         self.end += n;
     }
 
-    /// Hands out everything buffered (for a reader that switched to raw bytes). The slice
+    /// Hands out everything buffered (for a reader that switched to raw bytes), and
+    /// forgets an error found in those bytes: they were not frames after all. The slice
     /// is valid until the framer is next changed.
     pub fn take_buffered(&mut self) -> &[u8] {
         let range = self.start..self.end;
         self.start = self.end;
         self.scanned = 0;
+        self.poisoned = None;
         &self.buf[range]
     }
 
@@ -754,6 +774,54 @@ mod tests {
             framer.extend(&wire);
             assert_eq!(drain(&mut framer).unwrap(), payloads, "{framing:?}");
         }
+    }
+
+    #[test]
+    fn taking_the_buffered_bytes_forgets_their_error() {
+        let mut framer = lines(4);
+        framer.extend(b"toolong\r\n");
+        assert!(framer.next_frame().is_err());
+        assert!(framer.next_frame().is_err());
+        assert_eq!(framer.take_buffered(), b"toolong\r\n");
+        framer.extend(b"ok\r\n");
+        assert_eq!(framer.next_frame(), Ok(Some(&b"ok"[..])));
+    }
+
+    #[test]
+    fn header_payload_and_trailer_are_the_encoded_frame() {
+        let framings = [
+            Framing::LengthPrefixed(LengthField::prefix(4)),
+            Framing::LengthPrefixed(LengthField {
+                big_endian: false,
+                adjustment: -2,
+                ..LengthField::prefix(2)
+            }),
+            Framing::Delimiter {
+                delimiter: b"\r\n".to_vec(),
+                keep: false,
+            },
+            Framing::FixedSize(5),
+        ];
+        for framing in framings {
+            let payload = b"hello";
+            let mut whole = Vec::new();
+            framing.encode(payload, 100, &mut whole).unwrap();
+            let mut parts = Vec::new();
+            framing.header(payload.len(), 100, &mut parts).unwrap();
+            parts.extend_from_slice(payload);
+            parts.extend_from_slice(framing.trailer());
+            assert_eq!(parts, whole, "{framing:?}");
+        }
+        let mut out = Vec::new();
+        assert_eq!(
+            Framing::FixedSize(5).header(4, 100, &mut out),
+            Err(EncodeError::WrongSize)
+        );
+        assert_eq!(
+            Framing::LengthPrefixed(LengthField::prefix(1)).header(300, 1000, &mut out),
+            Err(EncodeError::LengthDoesNotFit)
+        );
+        assert!(out.is_empty());
     }
 
     #[test]

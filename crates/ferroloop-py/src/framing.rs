@@ -4,14 +4,16 @@
 //! One splitter belongs to one connection. It is driven in one of two ways, with the same
 //! delivery loop ([`FrameSplitter::deliver`]) in both:
 //!
-//! - On any transport (asyncio's, uvloop's, ferroloop's TLS and pipe transports), the
-//!   protocol's `data_received(data)` calls `feed(data)`: the bytes are appended to the
-//!   framer and every complete frame is handed to `on_chunk`.
-//! - On ferroloop's socket transports, `StreamCore` finds the splitter on the protocol and
-//!   `recv`s into the thread's read buffer and appends the bytes to the framer
-//!   ([`FrameSplitter::receive`]), then delivers: no `bytes` of the whole read, one call
-//!   into Python per frame. The framer's buffer holds only what is not yet delivered and
-//!   is freed when empty, so idle connections hold no buffer.
+//! - On any transport (asyncio's, uvloop's), the protocol's `data_received(data)` calls
+//!   `feed(data)`: the bytes are appended to the framer and every complete frame is
+//!   handed to `on_chunk`.
+//! - On ferroloop's transports the transport finds the splitter on the protocol and
+//!   appends what it read to the framer itself, then delivers: no `bytes` of the whole
+//!   read, one call into Python per frame. `StreamCore` `recv`s into the thread's read
+//!   buffer ([`FrameSplitter::receive`]); `ReadPipeCore` `read`s into it and `TlsPump`
+//!   decrypts into its own, and both hand the bytes over with [`FrameSplitter::extend`].
+//!   The framer's buffer holds only what is not yet delivered and is freed when empty, so
+//!   idle connections hold no buffer.
 //!
 //! Delivery stops between two frames when the protocol pauses (`paused`), stops (close,
 //! connection lost, an error) or switches to raw bytes; the bytes still buffered stay in
@@ -28,14 +30,19 @@ use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyList};
 
 use crate::gil_cell::GilCell;
-use crate::transport::stream::READ_BUFFER;
+use crate::transport::stream::{StreamCore, READ_BUFFER};
 
 /// Buffer room a framer keeps once everything is delivered; above it the buffer is freed,
 /// so an idle connection holds no read buffer (reads land in the thread's `READ_BUFFER`).
 const KEEP_IDLE_BUFFER: usize = 4 * 1024;
+
+/// `write_chunks` sends a `bytes` payload of at least this size from where it is (one
+/// more buffer of the vectored write); smaller ones are copied next to their headers,
+/// which costs less than a buffer of their own.
+const SHARE_PAYLOAD_MIN: usize = 1024;
 
 /// Where the next bytes go.
 enum Mode {
@@ -50,7 +57,15 @@ struct SplitterState {
     on_chunk: Option<Py<PyAny>>,
     /// The transport's `write`, for `write_chunk`/`write_chunks` (set at connection_made).
     writer: Option<Py<PyAny>>,
+    /// The transport's `writelines`, for the vectored writes of `write_chunks`.
+    writelines: Option<Py<PyAny>>,
+    /// The Rust core of a ferroloop socket transport: `write_chunks` queues its buffers
+    /// there directly.
+    stream: Option<Py<StreamCore>>,
     mode: Mode,
+    /// Receives a framing error instead of the transport (`defer_errors`): delivery
+    /// pauses before the frame in error, whose bytes stay buffered.
+    on_error: Option<Py<PyAny>>,
     /// The protocol paused reading: no frame is delivered until it is cleared.
     paused: bool,
     /// Delivery is over for good (closed, lost, or a framing error).
@@ -65,6 +80,8 @@ enum Step {
     Call(Py<PyAny>, Py<PyBytes>),
     Done,
     Failed(FrameError),
+    /// A framing error for the `on_error` callback; delivery is paused.
+    Deferred(Py<PyAny>, FrameError),
 }
 
 /// A connection's framer and the callbacks its frames and raw bytes go to.
@@ -125,19 +142,71 @@ impl FrameSplitter {
             .map_err(|e| PyValueError::new_err(e.to_string()))
     }
 
-    /// Hands `framed` to the writer as one `bytes`.
-    fn send(&self, py: Python<'_>, framed: &[u8]) -> PyResult<()> {
+    /// The transport's `write`, or the error of a protocol that has none to write to.
+    fn writer(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let writer = self
             .state
             .borrow_mut(py)
             .writer
             .as_ref()
             .map(|w| w.clone_ref(py));
-        let writer = writer.ok_or_else(|| {
+        writer.ok_or_else(|| {
             PyRuntimeError::new_err("no transport to write to (not connected, or a read pipe)")
-        })?;
-        writer.call1(py, (PyBytes::new(py, framed),))?;
+        })
+    }
+
+    /// Hands `framed` to the writer as one `bytes`.
+    fn send(&self, py: Python<'_>, framed: &[u8]) -> PyResult<()> {
+        self.writer(py)?.call1(py, (PyBytes::new(py, framed),))?;
         Ok(())
+    }
+
+    /// Hands `parts` to the transport as one vectored write: queued in order by a
+    /// ferroloop socket transport's core, else the transport's `writelines`.
+    fn send_parts(&self, py: Python<'_>, parts: Vec<Py<PyBytes>>) -> PyResult<()> {
+        let writer = self.writer(py)?;
+        let (stream, writelines) = {
+            let state = self.state.borrow_mut(py);
+            (
+                state.stream.as_ref().map(|s| s.clone_ref(py)),
+                state.writelines.as_ref().map(|w| w.clone_ref(py)),
+            )
+        };
+        match (stream, writelines) {
+            (Some(stream), _) => StreamCore::write_parts(stream.bind(py), &parts),
+            (None, Some(writelines)) => {
+                writelines.call1(py, (PyList::new(py, parts)?,))?;
+                Ok(())
+            }
+            (None, None) => {
+                let mut joined = Vec::new();
+                for part in &parts {
+                    joined.extend_from_slice(part.as_bytes(py));
+                }
+                writer.call1(py, (PyBytes::new(py, &joined),))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Appends what goes before a payload of `len` bytes to `out`, and returns what goes
+    /// after it.
+    fn header(&self, py: Python<'_>, len: usize, out: &mut Vec<u8>) -> PyResult<Vec<u8>> {
+        let state = self.state.borrow_mut(py);
+        let framing = state.framer.framing();
+        framing
+            .header(len, state.framer.max_frame_size(), out)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(framing.trailer().to_vec())
+    }
+
+    /// Appends bytes a transport read to the framer (nothing once delivery stopped); the
+    /// caller then runs [`FrameSplitter::deliver`].
+    pub(crate) fn extend(&self, py: Python<'_>, data: &[u8]) {
+        let mut state = self.state.borrow_mut(py);
+        if !state.stopped {
+            state.framer.extend(data);
+        }
     }
 
     /// `recv`s from `fd` into the thread's read buffer and appends what came to the framer
@@ -180,10 +249,16 @@ impl FrameSplitter {
                 match state.framer.next_frame() {
                     Ok(Some(frame)) => Step::Call(on_chunk, PyBytes::new(py, frame).unbind()),
                     Ok(None) => Step::Done,
-                    Err(err) => {
-                        state.stopped = true;
-                        Step::Failed(err)
-                    }
+                    Err(err) => match state.on_error.as_ref().map(|e| e.clone_ref(py)) {
+                        Some(on_error) => {
+                            state.paused = true;
+                            Step::Deferred(on_error, err)
+                        }
+                        None => {
+                            state.stopped = true;
+                            Step::Failed(err)
+                        }
+                    },
                 }
             }
         }
@@ -209,6 +284,9 @@ impl FrameSplitter {
                 }
                 Step::Done => break Ok(()),
                 Step::Failed(err) => break Err(framing_error(py, err)),
+                Step::Deferred(on_error, err) => {
+                    break on_error.call1(py, (framing_error(py, err),)).map(drop);
+                }
             }
         };
         let mut state = self.state.borrow_mut(py);
@@ -285,6 +363,9 @@ impl FrameSplitter {
                 framer,
                 on_chunk: Some(on_chunk),
                 writer: None,
+                writelines: None,
+                stream: None,
+                on_error: None,
                 mode: Mode::Frames,
                 paused: false,
                 stopped: false,
@@ -354,15 +435,41 @@ impl FrameSplitter {
             state.stopped = true;
             (
                 state.on_chunk.take(),
+                state.on_error.take(),
                 std::mem::replace(&mut state.mode, Mode::Frames),
             )
         };
         drop(released);
     }
 
-    /// Sets the callable `write_chunk` and `write_chunks` hand the framed bytes to.
-    fn set_writer(&self, py: Python<'_>, write: Py<PyAny>) {
-        let old = self.state.borrow_mut(py).writer.replace(write);
+    /// From now on a framing error (a frame over the limit, an impossible length) is not
+    /// raised to the transport: delivery pauses before that frame, its bytes stay
+    /// buffered, and `on_error(exc)` is called. The reader decides: switch to raw mode
+    /// (the bytes were not frames) or fail.
+    fn defer_errors(&self, py: Python<'_>, on_error: Py<PyAny>) {
+        let old = self.state.borrow_mut(py).on_error.replace(on_error);
+        drop(old);
+    }
+
+    /// Sets the transport's `write`, which `write_chunk` hands the framed bytes to, and
+    /// for the vectored writes of `write_chunks` its `writelines` or, on a ferroloop
+    /// socket transport, its Rust core.
+    #[pyo3(signature = (write, writelines = None, stream = None))]
+    fn set_writer(
+        &self,
+        py: Python<'_>,
+        write: Py<PyAny>,
+        writelines: Option<Py<PyAny>>,
+        stream: Option<Py<StreamCore>>,
+    ) {
+        let old = {
+            let mut state = self.state.borrow_mut(py);
+            (
+                state.writer.replace(write),
+                std::mem::replace(&mut state.writelines, writelines),
+                std::mem::replace(&mut state.stream, stream),
+            )
+        };
         drop(old);
     }
 
@@ -384,13 +491,35 @@ impl FrameSplitter {
         self.send(py, &out)
     }
 
-    /// Sends every item of `frames` as a frame, all in one write.
+    /// Sends every item of `frames` as a frame, all in one vectored write: headers,
+    /// delimiters and small payloads are copied together, `bytes` payloads of
+    /// [`SHARE_PAYLOAD_MIN`] bytes or more are sent from where they are. Nothing is sent
+    /// when one of them cannot be a frame.
     fn write_chunks(&self, py: Python<'_>, frames: &Bound<'_, PyAny>) -> PyResult<()> {
-        let mut out = Vec::new();
+        let mut parts: Vec<Py<PyBytes>> = Vec::new();
+        let mut run = Vec::new();
         for data in frames.try_iter()? {
-            self.encode_into(py, &data?, &mut out)?;
+            let data = data?;
+            match data.cast::<PyBytes>() {
+                Ok(payload) if payload.as_bytes().len() >= SHARE_PAYLOAD_MIN => {
+                    let trailer = self.header(py, payload.as_bytes().len(), &mut run)?;
+                    if !run.is_empty() {
+                        parts.push(PyBytes::new(py, &run).unbind());
+                        run.clear();
+                    }
+                    parts.push(payload.clone().unbind());
+                    run.extend_from_slice(&trailer);
+                }
+                _ => self.encode_into(py, &data, &mut run)?,
+            }
         }
-        self.send(py, &out)
+        if parts.is_empty() {
+            return self.send(py, &run);
+        }
+        if !run.is_empty() {
+            parts.push(PyBytes::new(py, &run).unbind());
+        }
+        self.send_parts(py, parts)
     }
 
     /// From now on, bytes (those buffered first) go to `on_data` as they come.
@@ -438,6 +567,9 @@ impl FrameSplitter {
         };
         visit.call(&state.on_chunk)?;
         visit.call(&state.writer)?;
+        visit.call(&state.writelines)?;
+        visit.call(&state.stream)?;
+        visit.call(&state.on_error)?;
         if let Mode::Raw(on_data) = &state.mode {
             visit.call(on_data)?;
         }
@@ -449,6 +581,9 @@ impl FrameSplitter {
             (
                 state.on_chunk.take(),
                 state.writer.take(),
+                state.writelines.take(),
+                state.stream.take(),
+                state.on_error.take(),
                 std::mem::replace(&mut state.mode, Mode::Frames),
             )
         });

@@ -12,6 +12,12 @@
 //!   `connection_lost(None)`; a read error is fatal (`EIO`, what a pty reports when its
 //!   other side closes, is not reported to the exception handler) and ends with
 //!   `connection_lost(exc)`.
+//! * framed reading (`ferroloop.framing.ChunkProtocol`, and a `SubprocessChunkProtocol`'s
+//!   pipes): when the protocol carries a `FrameSplitter`, the bytes read are appended to
+//!   it and it calls `on_chunk` once per complete frame, no `bytes` of the whole read made.
+//!   A delivery error (from `on_chunk`, or a frame over the limit) goes to the protocol's
+//!   `_framing_failed(exc)`, which reports and closes as the protocol's own `data_received`
+//!   does on any other loop's pipes (asyncio's read pipes would only log it).
 //! * writing: `write(2)` at once when nothing is queued, the rest queued (`bytes` by
 //!   reference) and flushed with `writev` when the fd is writable; water marks drive
 //!   `pause_writing()`/`resume_writing()`; `write_eof()` and `close()` both close the pipe
@@ -40,6 +46,7 @@ use super::lifecycle::{
 use super::stream::READ_BUFFER;
 use super::write_buffer::{would_block, write_fd, WriteBuffer};
 use crate::errors::os_error;
+use crate::framing::{splitter_of, FrameSplitter};
 use crate::gil_cell::GilCell;
 use crate::stats::{IoStats, OpenTransport, TransportKind};
 
@@ -191,7 +198,7 @@ trait PipeCore: TransportCore {
     }
 }
 
-/// The Python methods both pipe cores have: `fd`, `pipe`, `_forget_pipe`, `set_protocol`,
+/// The Python methods both pipe cores have: `fd`, `pipe`, `_forget_pipe`,
 /// `get_protocol`, `is_closing`, `_fatal_error` and `_close`; the last two call the
 /// core's own `fatal_error` and `close_with`.
 macro_rules! pipe_core_pymethods {
@@ -213,12 +220,6 @@ macro_rules! pipe_core_pymethods {
             /// Forgets the pipe object without closing it (asyncio tests set `_pipe = None`).
             fn _forget_pipe(&self, py: Python<'_>) {
                 let old = self.with_attached(py, |attached| attached.pipe.take());
-                drop(old);
-            }
-
-            /// Switches the protocol that receives data and events.
-            fn set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>) {
-                let old = self.with_attached(py, |attached| attached.protocol.replace(protocol));
                 drop(old);
             }
 
@@ -265,6 +266,8 @@ struct ReadPipeState {
     watched: bool,
     /// connection_lost is scheduled (or done).
     lost: bool,
+    /// A framed protocol's splitter: bytes read are appended to it and split in Rust.
+    framed: Option<Py<FrameSplitter>>,
 }
 
 /// The Rust half of a read pipe transport (`ferroloop._pipes.ReadPipeTransport`).
@@ -360,6 +363,60 @@ impl ReadPipeCore {
         event_loop.call_method1(py, intern!(py, "call_soon"), (callback, py.None()))?;
         Ok(())
     }
+    /// `_read_ready` for a framed protocol: `read(2)` into the thread's buffer, the bytes
+    /// appended to `splitter`, its complete frames delivered.
+    fn read_framed(slf: &Bound<'_, Self>, splitter: &Bound<'_, FrameSplitter>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let outcome = READ_BUFFER.with_borrow_mut(|buf| {
+            // SAFETY: `buf` is a valid writable region of `buf.len()` bytes.
+            let n = unsafe { libc::read(this.fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let n = n as usize;
+            if n > 0 {
+                if let Some(io) = &this.io {
+                    io.read(n);
+                }
+                splitter.get().extend(py, &buf[..n]);
+            }
+            Ok(n)
+        });
+        match outcome {
+            Ok(0) => Self::on_eof(slf),
+            Ok(_) => match splitter.get().deliver(py) {
+                Ok(()) => Ok(()),
+                Err(err) => Self::framing_failed(slf, err),
+            },
+            Err(err) if would_block(&err) => Ok(()),
+            Err(err) => Self::fatal_error(slf, os_error(err), "Fatal read error on pipe transport"),
+        }
+    }
+
+    /// A framed delivery failed: the protocol's `_framing_failed(exc)` reports it and
+    /// closes the pipe, as its `data_received` does on other loops. Without that method,
+    /// the transport's fatal error.
+    fn framing_failed(slf: &Bound<'_, Self>, err: PyErr) -> PyResult<()> {
+        let py = slf.py();
+        if is_exit(py, &err) {
+            return Err(err);
+        }
+        let Some(protocol) = slf.get().protocol(py) else {
+            return Ok(());
+        };
+        match protocol
+            .bind(py)
+            .getattr_opt(intern!(py, "_framing_failed"))?
+        {
+            Some(hook) => hook.call1((err.into_value(py),)).map(drop),
+            None => Self::fatal_error(
+                slf,
+                err,
+                "Fatal error: protocol.data_received() call failed.",
+            ),
+        }
+    }
 }
 
 pipe_core_pymethods!(ReadPipeCore);
@@ -376,6 +433,7 @@ impl ReadPipeCore {
         protocol: Py<PyAny>,
         owner: Py<PyAny>,
     ) -> Self {
+        let framed = splitter_of(protocol.bind(py));
         let attached = Attachments::new(
             py,
             pipe,
@@ -393,6 +451,7 @@ impl ReadPipeCore {
                 paused: false,
                 watched: false,
                 lost: false,
+                framed,
             }),
         }
     }
@@ -413,11 +472,15 @@ impl ReadPipeCore {
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        {
+        let framed = {
             let state = this.state.borrow_mut(py);
             if state.lost || state.attached.pipe.is_none() {
                 return Ok(());
             }
+            state.framed.as_ref().map(|s| s.clone_ref(py))
+        };
+        if let Some(splitter) = framed {
+            return Self::read_framed(slf, splitter.bind(py));
         }
         let outcome = READ_BUFFER.with_borrow_mut(|buf| {
             // SAFETY: `buf` is a valid writable region of `buf.len()` bytes.
@@ -491,10 +554,25 @@ impl ReadPipeCore {
         Self::close_with(slf, None)
     }
 
+    /// Switches the protocol that receives data and events (and how: framed or not).
+    fn set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>) {
+        let framed = splitter_of(protocol.bind(py));
+        let old = {
+            let mut state = self.state.borrow_mut(py);
+            (
+                state.attached.protocol.replace(protocol),
+                std::mem::replace(&mut state.framed, framed),
+            )
+        };
+        drop(old);
+    }
+
     /// Calls protocol.connection_lost(exc), then closes the pipe and lets go of everything.
     #[pyo3(signature = (exc = None))]
     fn _call_connection_lost(&self, py: Python<'_>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         let result = self.call_connection_lost_on_protocol(py, exc);
+        let framed = self.state.borrow_mut(py).framed.take();
+        drop(framed);
         result.and(self.release_attachments(py))
     }
 
@@ -514,7 +592,10 @@ impl ReadPipeCore {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self.state.try_borrow_in_gc() {
-            Some(state) => state.attached.traverse(&visit),
+            Some(state) => {
+                visit.call(&state.framed)?;
+                state.attached.traverse(&visit)
+            }
             None => Ok(()),
         }
     }
@@ -523,7 +604,7 @@ impl ReadPipeCore {
         let released = self
             .state
             .try_borrow_in_gc()
-            .map(|mut state| std::mem::take(&mut state.attached));
+            .map(|mut state| (std::mem::take(&mut state.attached), state.framed.take()));
         drop(released);
     }
 }
@@ -728,6 +809,12 @@ impl WritePipeCore {
         Self::watch(slf, intern!(py, "_add_reader"), "_read_ready")?;
         slf.get().state.borrow_mut(py).reader_watched = true;
         Ok(())
+    }
+
+    /// Switches the protocol that receives events.
+    fn set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>) {
+        let old = self.with_attached(py, |attached| attached.protocol.replace(protocol));
+        drop(old);
     }
 
     /// Writes `data` at once if nothing is queued; queues what the pipe does not take.

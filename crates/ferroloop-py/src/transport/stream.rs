@@ -222,7 +222,10 @@ impl StreamCore {
             }
             Receiver::Framed(splitter) => Ok(match splitter.get().receive(py, self.fd) {
                 Ok(0) => ReadOutcome::Eof,
-                Ok(_) => ReadOutcome::Received,
+                Ok(n) => {
+                    self.count_read(n as isize);
+                    ReadOutcome::Received
+                }
                 Err(err) if would_block(&err) => ReadOutcome::NotReady,
                 Err(err) => ReadOutcome::Failed(err),
             }),
@@ -874,6 +877,80 @@ impl StreamCore {
 }
 
 impl StreamCore {
+    /// Sends `parts` in order, queued behind what is queued already, with one `sendmsg`
+    /// and without joining them: a framed protocol's `write_chunks`, whose large payloads
+    /// stay where they are. Checks and errors are those of `writelines()` (3.11: of the
+    /// `write()` its `writelines()` makes).
+    pub(crate) fn write_parts(slf: &Bound<'_, Self>, parts: &[Py<PyBytes>]) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let name = if queues_views(py) {
+            "writelines"
+        } else {
+            "write"
+        };
+        let (queue_empty, conn_lost, corked) = {
+            let state = this.state.borrow_mut(py);
+            if state.eof {
+                return Err(PyRuntimeError::new_err(format!(
+                    "Cannot call {name}() after write_eof()"
+                )));
+            }
+            if state.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err(format!(
+                    "unable to {name}; sendfile is in progress"
+                )));
+            }
+            (
+                state.buffer.is_empty(),
+                state.lifecycle.conn_lost,
+                state.cork.is_some(),
+            )
+        };
+        if parts.iter().all(|part| part.as_bytes(py).is_empty()) {
+            return Ok(());
+        }
+        if conn_lost > 0 {
+            return this.count_lost_write(py, conn_lost);
+        }
+        {
+            let mut state = this.state.borrow_mut(py);
+            for part in parts {
+                let len = part.as_bytes(py).len();
+                state.buffer.push_shared(part.clone_ref(py), len);
+            }
+        }
+        if corked {
+            return Ok(()); // sent when the read's frames are delivered (uncork)
+        }
+        if queue_empty {
+            let outcome = this.state.borrow_mut(py).buffer.flush(py, this.fd);
+            match outcome {
+                Ok(n) => this.count_written(n),
+                Err(err) if would_block(&err) => {}
+                Err(err) => {
+                    let dropped = this.state.borrow_mut(py).buffer.take();
+                    drop(dropped);
+                    return Self::fatal_error(
+                        slf,
+                        os_error(err),
+                        "Fatal write error on socket transport",
+                    );
+                }
+            }
+            if this.state.borrow_mut(py).buffer.is_empty() {
+                return Ok(());
+            }
+            if let Err(err) = Self::watch(slf, intern!(py, "_add_writer"), "_write_ready") {
+                // As write(): what a closed loop will never send does not stay queued.
+                let dropped = this.state.borrow_mut(py).buffer.take();
+                drop(dropped);
+                return Err(err);
+            }
+        }
+        this.maybe_pause_protocol(py)
+    }
+
     /// The queue just drained (writer watch already off): resolve the sendfile waiter,
     /// then finish a close() or write_eof() that waited for it.
     fn after_drain(slf: &Bound<'_, Self>) -> PyResult<()> {

@@ -16,7 +16,11 @@
 //!   `SSLObject.write` for all the buffers of a `writelines`), and the records go straight
 //!   to the Rust socket transport;
 //! * a `BufferedProtocol` application gets the plaintext decrypted straight into its own
-//!   buffer (`get_buffer(incoming.pending)`, then `buffer_updated(n)`).
+//!   buffer (`get_buffer(incoming.pending)`, then `buffer_updated(n)`);
+//! * a framed application (`ferroloop.framing.ChunkProtocol`) gets the plaintext appended
+//!   to its `FrameSplitter`, which calls `on_chunk` once per complete frame: no `bytes` of
+//!   the whole read. Its errors are those of `data_received`: "Fatal error on SSL
+//!   protocol", as asyncio reports them.
 //!
 //! Anything off that path — handshake, shutdown, a paused side, a write backlog, an
 //! error — runs the `SSLProtocol` method asyncio would have run, so behaviour and
@@ -34,6 +38,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple, PyType};
 
 use super::exported_buffer::ExportedBuffer;
 use super::stream::StreamCore;
+use crate::framing::{splitter_of, FrameSplitter};
 use crate::gil_cell::GilCell;
 
 /// The smallest shared buffer accepted: one TLS record and its overhead.
@@ -73,6 +78,8 @@ enum AppReceiver {
     Data(Py<PyAny>),
     /// `get_buffer` and `buffer_updated` of an `asyncio.BufferedProtocol`.
     Buffered(Py<PyAny>, Py<PyAny>),
+    /// A framed protocol's splitter: plaintext is appended to it and split in Rust.
+    Framed(Py<FrameSplitter>),
 }
 
 impl AppReceiver {
@@ -80,7 +87,13 @@ impl AppReceiver {
         match self {
             AppReceiver::Data(d) => AppReceiver::Data(d.clone_ref(py)),
             AppReceiver::Buffered(g, u) => AppReceiver::Buffered(g.clone_ref(py), u.clone_ref(py)),
+            AppReceiver::Framed(s) => AppReceiver::Framed(s.clone_ref(py)),
         }
+    }
+
+    /// True for the receivers `read_wrapped` serves (plaintext copied out of the window).
+    fn takes_copies(&self) -> bool {
+        matches!(self, AppReceiver::Data(_) | AppReceiver::Framed(_))
     }
 }
 
@@ -218,7 +231,13 @@ impl TlsPump {
             if !self.wrapped(py) || self.flags(py).app_reading_paused {
                 break;
             }
-            if !matches!(self.state.borrow_mut(py).app, Some(AppReceiver::Data(_))) {
+            let copies = self
+                .state
+                .borrow_mut(py)
+                .app
+                .as_ref()
+                .map(AppReceiver::takes_copies);
+            if copies != Some(true) {
                 // The application switched protocols: the base class reads the rest.
                 self.call_soon_do_read(py)?;
                 break;
@@ -327,21 +346,27 @@ impl TlsPump {
         self.finish_read(py, close_notify)
     }
 
-    /// `app_protocol.data_received(bytes)` with a copy of `plaintext`.
+    /// `app_protocol.data_received(bytes)` with a copy of `plaintext`, or for a framed
+    /// application `plaintext` appended to its splitter and its complete frames delivered.
     fn deliver(
         &self,
         py: Python<'_>,
         protocol: &Bound<'_, PyAny>,
         plaintext: &[u8],
     ) -> PyResult<()> {
-        let data = PyBytes::new(py, plaintext);
-        let data_received = match &self.state.borrow_mut(py).app {
-            Some(AppReceiver::Data(d)) => Some(d.clone_ref(py)),
+        let receiver = match &self.state.borrow_mut(py).app {
+            Some(AppReceiver::Data(d)) => Some(AppReceiver::Data(d.clone_ref(py))),
+            Some(AppReceiver::Framed(s)) => Some(AppReceiver::Framed(s.clone_ref(py))),
             _ => None,
         };
-        match data_received {
-            Some(data_received) => data_received.call1(py, (data,))?,
-            None => protocol
+        if let Some(AppReceiver::Framed(splitter)) = receiver {
+            splitter.get().extend(py, plaintext);
+            return splitter.get().deliver(py);
+        }
+        let data = PyBytes::new(py, plaintext);
+        match receiver {
+            Some(AppReceiver::Data(data_received)) => data_received.call1(py, (data,))?,
+            _ => protocol
                 .getattr(intern!(py, "_app_protocol"))?
                 .call_method1(intern!(py, "data_received"), (data,))?
                 .unbind(),
@@ -582,6 +607,8 @@ impl TlsPump {
                 get("_app_protocol_get_buffer")?.unbind(),
                 get("_app_protocol_buffer_updated")?.unbind(),
             ))
+        } else if let Some(splitter) = splitter_of(&app) {
+            Some(AppReceiver::Framed(splitter))
         } else {
             Some(AppReceiver::Data(
                 app.getattr(intern!(py, "data_received"))?.unbind(),
@@ -677,7 +704,7 @@ impl TlsPump {
             .as_ref()
             .map(|a| a.clone_ref(py));
         let result = match app {
-            Some(AppReceiver::Data(_)) => self.read_wrapped(py),
+            Some(AppReceiver::Data(_) | AppReceiver::Framed(_)) => self.read_wrapped(py),
             Some(AppReceiver::Buffered(get_buffer, updated)) => {
                 self.read_buffered(py, &get_buffer, &updated)
             }
@@ -739,6 +766,7 @@ impl TlsPump {
             visit.call(&state.raw_core)?;
             match &state.app {
                 Some(AppReceiver::Data(d)) => visit.call(d)?,
+                Some(AppReceiver::Framed(s)) => visit.call(s)?,
                 Some(AppReceiver::Buffered(g, u)) => {
                     visit.call(g)?;
                     visit.call(u)?;
