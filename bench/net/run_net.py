@@ -1130,9 +1130,11 @@ def main() -> int:
         check=False,
     ).stdout.strip()
     started = datetime.datetime.now(datetime.timezone.utc)
+    with_rust = any(s.kind in ECHO_KINDS for s in scenarios)
+    servers = [c for c in args.columns if c != RUST or with_rust]
     log(
         f"suites {','.join(args.suites)}:"
-        f" {len(scenarios)} scenarios x {len(args.columns)} servers x {args.reps} reps,"
+        f" {len(scenarios)} scenarios x {len(servers)} servers x {args.reps} reps,"
         f" {args.warmup}+{args.duration} s each; server CPU {args.server_cpu},"
         f" client CPU {args.client_cpu} (placement {args.placement}); malloc {args.malloc};"
         f" Python {version}"
@@ -1171,6 +1173,8 @@ def main() -> int:
             rust.stop()
         kill_all()
 
+    took = datetime.datetime.now(datetime.timezone.utc) - started
+    log(f"took {took.total_seconds() / 60:.1f} min")
     header = f"{started:%Y-%m-%d %H:%M} UTC, Python {version}, {platform.machine()}"
     header += f", {os.cpu_count()} CPUs"
     if scenarios:
