@@ -41,14 +41,13 @@ def loadgen() -> Path:
 
 def start(app: str) -> tuple[subprocess.Popen, str]:
     """Starts the app on ferroloop; returns the process and its address once it is ready."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "python"), env.get("PYTHONPATH")]))
+    # The app finds ferroloop where this test does: the source tree on PYTHONPATH
+    # (`tools/dev.py compat`) or an installed wheel (`compat 3.14`).
     proc = subprocess.Popen(
         [sys.executable, str(APPS), "--app", app, "--loop", "ferroloop"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
-        env=env,
     )
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
