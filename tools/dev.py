@@ -40,6 +40,9 @@ COMPAT_VENV = ROOT / ".venv-compat"
 COMPAT_REQUIREMENTS = [
     "aiohttp==3.14.5",
     "anyio==4.16.0",
+    # fastapi and httptools: for test_framework_bench.py (the frameworks benchmark's apps).
+    "fastapi==0.163.2",
+    "httptools==0.9.0",
     "httpx==0.28.1",
     "pytest>=8,<10",
     "pytest-asyncio==1.5.0",
@@ -169,9 +172,16 @@ def test() -> None:
 
 
 def bench() -> None:
+    """The core micro benchmarks (bench/run_core.py); with `--suite S` the network runner
+    instead (bench/net/run_net.py, e.g. `bench --suite frameworks --rounds 3 --markdown`,
+    which creates the frameworks' venv .venv-bench on first use)."""
     ensure_venv(BENCH_REQUIREMENTS)
     build()
-    run([venv_python(), ROOT / "bench" / "run_core.py", *sys.argv[2:]])
+    extra = sys.argv[2:]
+    if any(arg == "--suite" or arg.startswith("--suite=") for arg in extra):
+        run([venv_python(), ROOT / "bench" / "net" / "run_net.py", *extra])
+    else:
+        run([venv_python(), ROOT / "bench" / "run_core.py", *extra])
 
 
 # Every supported minor version; 3.11 is the main one (CI runs everything on it).

@@ -17,7 +17,9 @@ measured window only) with the ratio to the Rust ceiling. See bench/net/README.m
 
 Suites: ``net`` (TCP echo and HTTP, the default), ``udp`` (datagram echo), ``tls`` (TLS echo
 and HTTPS, driven by ``loadgen --tls``, built with the cargo feature ``tls``), ``spawn``
-(``spawn_bench.py``, one process per loop and repetition), ``all``.
+(``spawn_bench.py``, one process per loop and repetition), ``all`` (those four), and
+``frameworks`` (uvicorn + starlette, FastAPI, aiohttp.web, websockets, a streams line echo:
+``framework_apps.py`` in the venv ``framework_venv.py`` creates).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import atexit
 import datetime
 import json
+import math
 import os
 import platform
 import resource
@@ -41,14 +44,28 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import framework_venv
+import perf_split
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 SERVERS = HERE / "servers.py"
+FRAMEWORK_APPS = HERE / "framework_apps.py"
 SPAWN_BENCH = HERE / "spawn_bench.py"
 RUST = "rust"
 ECHO_KINDS = ["proto", "bufproto", "streams", "sockets"]
 SIZES = {"64B": 64, "1KiB": 1024, "10KiB": 10 * 1024, "100KiB": 100 * 1024}
 SUITES = ["net", "udp", "tls", "spawn"]
+# The frameworks suite is not part of `all`: it needs its own venv (framework_venv.py).
+FRAMEWORKS = "frameworks"
+# framework_apps.py's apps: the name in the table, and how the load generator talks to it.
+FRAMEWORK_KINDS = {
+    "starlette": ("uvicorn+starlette", "http"),
+    "fastapi": ("uvicorn+fastapi", "http"),
+    "aiohttp": ("aiohttp.web", "http"),
+    "websockets": ("websockets echo", "ws"),
+    "lines": ("streams lines", "echo"),
+}
 SPAWN_TIMEOUT = 300.0
 CONCURRENCY = [1, 10, 100]
 START_TIMEOUT = 60.0
@@ -74,17 +91,34 @@ class Scenario:
 
     @property
     def suite(self) -> str:
+        if self.kind in FRAMEWORK_KINDS:
+            return FRAMEWORKS
         return "tls" if self.tls else "udp" if self.kind == "udp" else "net"
 
     @property
     def mode(self) -> str:
+        if self.kind in FRAMEWORK_KINDS:
+            return FRAMEWORK_KINDS[self.kind][1]
         if self.server_kind in ("http", "udp"):
             return self.server_kind
         return "echo"
 
     @property
     def name(self) -> str:
-        return f"{self.kind} {self.size_name} c{self.conns}"
+        label = FRAMEWORK_KINDS[self.kind][0] if self.kind in FRAMEWORK_KINDS else self.kind
+        return f"{label} {self.size_name} c{self.conns}"
+
+
+def framework_scenarios() -> list[Scenario]:
+    """One closed-loop case per app at 10 connections; aiohttp also with 100 KiB bodies."""
+    return [
+        Scenario("starlette", "1KiB", 10),
+        Scenario("fastapi", "1KiB", 10),
+        Scenario("aiohttp", "1KiB", 10),
+        Scenario("aiohttp", "100KiB", 10),
+        Scenario("websockets", "1KiB", 10),
+        Scenario("lines", "1KiB", 10),
+    ]
 
 
 def udp_scenarios(quick: bool) -> list[Scenario]:
@@ -119,6 +153,8 @@ def all_scenarios(quick: bool, suites: list[str] | None = None) -> list[Scenario
         out += udp_scenarios(quick)
     if "tls" in suites:
         out += tls_scenarios(quick)
+    if FRAMEWORKS in suites:
+        out += framework_scenarios()
     return out
 
 
@@ -150,12 +186,24 @@ class Cell:
     runs: list[dict] = field(default_factory=list)
     fail: str | None = None
 
+    def round_medians(self, key: str) -> list[float]:
+        """The median of each round's repetitions (--rounds; one round without it)."""
+        rounds: dict[int, list[float]] = {}
+        for r in self.runs:
+            if r.get(key) is not None:
+                rounds.setdefault(r.get("round", 0), []).append(r[key])
+        return [statistics.median(values) for values in rounds.values()]
+
     def median(self, key: str) -> float | None:
-        values = [r[key] for r in self.runs if r.get(key) is not None]
+        """The median over the rounds of each round's median."""
+        values = self.round_medians(key)
         return statistics.median(values) if values else None
 
     def spread(self, key: str = "rps") -> float | None:
-        values = [r[key] for r in self.runs]
+        """(max - min) / median: of the round medians with several rounds, else of the runs."""
+        values = self.round_medians(key)
+        if len(values) < 2:
+            values = [r[key] for r in self.runs if r.get(key) is not None]
         if len(values) < 2 or not statistics.median(values):
             return None
         return (max(values) - min(values)) / statistics.median(values)
@@ -263,6 +311,9 @@ class Server:
         if self.loop == RUST:
             return [str(self.args.echo_server), "--addr", "127.0.0.1:0"]
         spec = self.args.loop_specs[self.loop]
+        if self.kind in FRAMEWORK_KINDS:
+            cmd = [str(self.args.bench_python), str(FRAMEWORK_APPS), "--app", self.kind]
+            return cmd + ["--loop", spec, "--addr", "127.0.0.1:0"]
         kind = self.kind.removesuffix("+tls")
         cmd = [self.args.python, str(SERVERS), "--loop", spec, "--kind", kind]
         cmd += ["--addr", "127.0.0.1:0"]
@@ -278,6 +329,10 @@ class Server:
         env = dict(os.environ)
         if self.args.malloc == "steady":
             env["GLIBC_TUNABLES"] = STEADY_MALLOC
+        if self.kind in FRAMEWORK_KINDS:
+            # The bench venv has the frameworks; ferroloop comes from the source tree, where
+            # `tools/dev.py build` puts the extension.
+            env["PYTHONPATH"] = str(ROOT / "python")
         self.proc = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,
@@ -372,6 +427,8 @@ def run_load(server: Server, sc: Scenario, args: argparse.Namespace) -> dict:
     ]
     if sc.tls:
         cmd += ["--tls", "--ca", str(server.ca)]
+    if sc.kind == "lines":
+        cmd += ["--frames", "lines"]
     # With TLS every connection's handshake comes first, one after the other.
     timeout = args.warmup + args.duration + stall + 30 + (sc.conns * 0.2 if sc.tls else 0)
     busy0, srv0, kids0, t0 = (
@@ -423,6 +480,7 @@ def run_load(server: Server, sc: Scenario, args: argparse.Namespace) -> dict:
         return result
     if result.get("client_cpu_s") is not None and result.get("duration_s"):
         result["client_busy"] = result["client_cpu_s"] / result["duration_s"]
+    result["p99_us"] = (result.get("latency_us") or {}).get("p99")
     if result.get("server_cpu_s") is not None and result["requests"]:
         result["cpu_ms_per_1k"] = result["server_cpu_s"] / result["requests"] * 1e6
     else:
@@ -500,7 +558,12 @@ def run_kind(
             servers[RUST] = rust
         columns = [c for c in args.columns if c in servers]
         for sc in scenarios:
-            for rep in range(args.reps):
+            for rep in range(args.reps + (1 if args.perf else 0)):
+                if rep == args.reps:
+                    for loop in columns:
+                        if loop != RUST and cells.get((sc.name, loop), Cell()).fail is None:
+                            profile(servers[loop], sc, loop, args)
+                    continue
                 shift = rep % len(columns)
                 for loop in columns[shift:] + columns[:shift]:
                     cell = cells.setdefault((sc.name, loop), Cell())
@@ -512,12 +575,12 @@ def run_kind(
                         continue
                     mark = server.stderr_mark()
                     result = measure(server, sc, args)
-                    result.update(loop=loop, scenario=sc.name, rep=rep)
+                    result.update(loop=loop, scenario=sc.name, rep=rep, round=args.round)
                     args.raw.append(result)
                     if result.get("ok"):
                         cell.runs.append(result)
                         log(
-                            f"  {sc.name:<22} {loop:<10} {result['rps']:>10.0f} req/s"
+                            f"  {sc.name:<26} {loop:<10} {result['rps']:>10.0f} req/s"
                             f"  p99 {result['latency_us']['p99']:>8.0f} us"
                             f"  noise {result['noise_cores']:.2f}"
                         )
@@ -529,12 +592,63 @@ def run_kind(
                     elif said:
                         reason += f"; server said: {said}"
                     cell.fail = reason
-                    log(f"  {sc.name:<22} {loop:<10} FAIL {reason}")
+                    log(f"  {sc.name:<26} {loop:<10} FAIL {reason}")
                     server.stop()  # a fresh server for the next scenario
     finally:
         for loop, server in servers.items():
             if loop != RUST:
                 server.stop()
+
+
+def profile(server: Server, sc: Scenario, loop: str, args: argparse.Namespace) -> None:
+    """--perf: one more run of `sc` against `server`, sampled with perf, not counted in the
+    tables; keeps where the server's CPU went in args.perf_splits (one per round)."""
+    if not server.alive() or server.proc is None:
+        return
+    data = args.tmpdir / "perf.data"
+    seconds = args.warmup + args.duration
+    perf = perf_split.record(server.proc.pid, seconds, data, pinner(args.client_cpu))
+    _live.append(perf)
+    result = run_load(server, sc, args)
+    try:
+        _, err = perf.communicate(timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        kill_group(perf)
+        return
+    if perf in _live:
+        _live.remove(perf)
+    shares = perf_split.split(data, loop, args.stdlib_modules) if perf.returncode == 0 else None
+    if shares is None:
+        log(f"  perf {sc.name} {loop}: no samples ({err.decode(errors='replace').strip()[-200:]})")
+        return
+    shares["cpu_ms_per_1k"] = result.get("cpu_ms_per_1k") if result.get("ok") else None
+    args.perf_splits.setdefault((sc.name, loop), []).append(shares)
+    log(
+        f"  perf {sc.name:<26} {loop:<10} "
+        + " ".join(f"{key} {shares[key]:.1f}%" for key in perf_split.CATEGORIES)
+    )
+
+
+def render_perf(args: argparse.Namespace, markdown: bool) -> list[str]:
+    """The --perf table: median shares over the rounds, per case and loop."""
+    rows = []
+    for (name, loop), splits in args.perf_splits.items():
+        row = [name, loop]
+        for key in perf_split.CATEGORIES:
+            row.append(f"{statistics.median(s[key] for s in splits):.1f}%")
+        own = [s["loop"] / 100 * s["cpu_ms_per_1k"] for s in splits if s["cpu_ms_per_1k"]]
+        row.append(
+            f"{statistics.median(own):.1f}" if own and loop in perf_split.LOOP_MODULES else "-"
+        )
+        row.append(f"{sum(s['samples'] for s in splits):.0f}")
+        rows.append(row)
+    return format_table(
+        "Where the server's CPU went (perf -e cpu-clock, one extra run per case, loop and"
+        " round; shares of the server's samples, median over rounds)",
+        ["case", "loop", *perf_split.CATEGORIES, "loop µs/response", "samples"],
+        rows,
+        markdown,
+    )
 
 
 def fmt_rate(value: float) -> str:
@@ -583,6 +697,11 @@ def render(
         group = [sc for sc in scenarios if sc.suite == suite]
         if group:
             lines += render_group(group, cells, args, markdown, unit, client, failures)
+    group = [sc for sc in scenarios if sc.suite == FRAMEWORKS]
+    if group:
+        lines += render_frameworks(group, cells, args, markdown, failures)
+    if args.perf_splits:
+        lines += render_perf(args, markdown)
     spawn_rows = [row for row, _ in SPAWN_ROWS if any(k[0] == row for k in cells)]
     if spawn_rows:
         rows = []
@@ -717,6 +836,93 @@ def render_group(
     return lines
 
 
+def geomean(values: list[float]) -> float | None:
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else None
+
+
+def render_frameworks(
+    scenarios: list[Scenario],
+    cells: dict[tuple[str, str], Cell],
+    args: argparse.Namespace,
+    markdown: bool,
+    failures: list[tuple[str, str, str]],
+) -> list[str]:
+    """Requests/s, p99 latency and server CPU per response of the real-framework cases,
+    each with its ratio to the reference loop and, for requests/s and CPU, a geomean row."""
+    ref, loops = args.ref, list(args.loop_specs)
+    # key: (how its value is shown, how its ratio to the reference loop is shown)
+    metrics = {
+        "rps": (fmt_rate, "({:.2f})"),
+        "p99_us": (lambda v: f"{v:.0f}", "({:.2f}x)"),
+        "cpu_ms_per_1k": (lambda v: f"{v:.1f}", "({:.2f}x)"),
+    }
+    tables: dict[str, list[list[str]]] = {key: [] for key in metrics}
+    ratios: dict[str, dict[str, list[float]]] = {k: {loop: [] for loop in loops} for k in metrics}
+    for sc in scenarios:
+        rows = {key: [sc.name] for key in metrics}
+        spreads = []
+        for loop in loops:
+            cell = cells.get((sc.name, loop))
+            if cell is None or cell.fail is not None or cell.median("rps") is None:
+                text = "n/a" if cell is None else "-" if cell.fail is None else "fail"
+                if cell is not None and cell.fail is not None:
+                    failures.append((loop, sc.name, cell.fail))
+                for row in rows.values():
+                    row.append(text)
+                continue
+            if (spread := cell.spread()) is not None:
+                spreads.append(spread)
+            busy = cell.median("client_busy")
+            for key, (fmt, ratio_fmt) in metrics.items():
+                value = cell.median(key)
+                ref_value = cells.get((sc.name, ref), Cell()).median(key)
+                if value is None:
+                    rows[key].append("-")
+                    continue
+                text = fmt(value)
+                if ref_value:
+                    ratios[key][loop].append(value / ref_value)
+                    text += " " + ratio_fmt.format(value / ref_value)
+                if key == "rps" and busy is not None and busy >= 0.9:
+                    text += "!"
+                rows[key].append(text)
+        rows["rps"].append(f"{max(spreads) * 100:.0f}%" if spreads else "")
+        for key, row in rows.items():
+            tables[key].append(row)
+    for key in ("rps", "cpu_ms_per_1k"):
+        row = ["geomean"]
+        for loop in loops:
+            mean = geomean(ratios[key][loop]) if len(ratios[key][loop]) == len(scenarios) else None
+            row.append("-" if mean is None else metrics[key][1].format(mean))
+        tables[key].append(row + ([""] if key == "rps" else []))
+    what = f"median of {args.reps} reps" + (
+        f", median of {args.rounds} rounds" if args.rounds > 1 else ""
+    )
+    spread = "across rounds" if args.rounds > 1 else "across reps"
+    lines = format_table(
+        f"Real frameworks: requests/s, {what} (ratio to {ref}); spread = (max-min)/median"
+        f" {spread}, of the worst loop",
+        ["case", *loops, "spread"],
+        tables["rps"],
+        markdown,
+    )
+    lines.append("! = the load generator used 90% or more of its CPU: the client may be the limit.")
+    lines.append("")
+    lines += format_table(
+        f"Real frameworks: p99 latency in µs, median (ratio to {ref}); lower is better",
+        ["case", *loops],
+        tables["p99_us"],
+        markdown,
+    )
+    lines += format_table(
+        f"Real frameworks: server CPU µs per response, median (ratio to {ref}); lower is better",
+        ["case", *loops],
+        tables["cpu_ms_per_1k"],
+        markdown,
+    )
+    return lines
+
+
 # -- the spawn suite ---------------------------------------------------------------------
 
 # (row name, what it reports): the rows of the subprocess table.
@@ -809,6 +1015,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--spawns", type=int, default=300, help="spawn suite: `true` runs per rep")
     p.add_argument("--pipes", type=int, default=30, help="spawn suite: 4 MiB `cat` runs per rep")
     p.add_argument("--reps", type=int, help="repetitions per scenario and loop (5; quick 3)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the selected scenarios N times over, servers restarted each time; tables"
+        " give the median of the rounds' medians, spreads across the rounds",
+    )
     p.add_argument("--duration", type=float, help="measured seconds per run (2; quick 1)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per run (0.5; quick 0.3)")
     p.add_argument("--filter", default="", help="only scenarios whose name contains A or B: 'A,B'")
@@ -825,6 +1038,12 @@ def parse_args() -> argparse.Namespace:
         " 1st; auto (default): split, except c1 scenarios, which colocate",
     )
     p.add_argument("--no-build", action="store_true", help="use the already built binaries")
+    p.add_argument(
+        "--perf",
+        action="store_true",
+        help="after each case's repetitions, one more run per loop sampled with perf: where"
+        " the server's CPU goes (kernel, libc, interpreter, extensions, the loop's own module)",
+    )
     p.add_argument(
         "--malloc",
         choices=["default", "steady"],
@@ -847,9 +1066,13 @@ def parse_args() -> argparse.Namespace:
     )
     args = p.parse_args()
     suites = [w.strip() for w in args.suite.split(",") if w.strip()]
-    args.suites = SUITES if "all" in suites else suites
-    if not args.suites or any(w not in SUITES for w in args.suites):
-        p.error(f"--suite: comma-separated {', '.join(SUITES)} or all")
+    args.suites = [*SUITES, *(w for w in suites if w == FRAMEWORKS)] if "all" in suites else suites
+    if not args.suites or any(w not in [*SUITES, FRAMEWORKS] for w in args.suites):
+        p.error(f"--suite: comma-separated {', '.join(SUITES)}, {FRAMEWORKS} or all")
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
+    args.round = 0
+    args.rounds_text = f"{args.rounds} rounds of " if args.rounds > 1 else ""
     if args.spawns < 1 or args.pipes < 1:
         p.error("--spawns and --pipes must be at least 1")
     args.reps = args.reps or (3 if args.quick else 5)
@@ -859,6 +1082,14 @@ def parse_args() -> argparse.Namespace:
         p.error("--reps must be >= 1 and --duration in (0, 600]")
     venv = ROOT / ".venv" / "bin" / "python"
     args.python = args.python or (str(venv) if venv.exists() else sys.executable)
+    args.bench_python = None
+    if FRAMEWORKS in args.suites:
+        args.bench_python = framework_venv.ensure(args.python)
+    args.perf_splits = {}
+    if args.perf:
+        if (why := perf_split.available()) is not None:
+            p.error(f"--perf: {why}")
+        args.stdlib_modules = perf_split.stdlib_modules(str(args.bench_python or args.python))
     args.loop_specs = {}
     for item in filter(None, (s.strip() for s in args.loops.split(","))):
         name, sep, spec = item.partition("=")
@@ -899,9 +1130,11 @@ def main() -> int:
         check=False,
     ).stdout.strip()
     started = datetime.datetime.now(datetime.UTC)
+    with_rust = any(s.kind in ECHO_KINDS for s in scenarios)
+    servers = [c for c in args.columns if c != RUST or with_rust]
     log(
         f"suites {','.join(args.suites)}:"
-        f" {len(scenarios)} scenarios x {len(args.columns)} servers x {args.reps} reps,"
+        f" {len(scenarios)} scenarios x {len(servers)} servers x {args.reps} reps,"
         f" {args.warmup}+{args.duration} s each; server CPU {args.server_cpu},"
         f" client CPU {args.client_cpu} (placement {args.placement}); malloc {args.malloc};"
         f" Python {version}"
@@ -915,16 +1148,20 @@ def main() -> int:
             if not rust.start():
                 log(f"  rust: {rust.error}")
         kinds = list(dict.fromkeys(s.kind for s in scenarios))
-        for kind in kinds:
-            log(f"== {kind}")
-            run_kind(
-                kind,
-                [s for s in scenarios if s.kind == kind],
-                list(args.loop_specs),
-                rust,
-                args,
-                cells,
-            )
+        for round_index in range(args.rounds):
+            args.round = round_index
+            if args.rounds > 1:
+                log(f"=== round {args.round + 1} of {args.rounds}")
+            for kind in kinds:
+                log(f"== {kind}")
+                run_kind(
+                    kind,
+                    [s for s in scenarios if s.kind == kind],
+                    list(args.loop_specs),
+                    rust,
+                    args,
+                    cells,
+                )
         if spawn:
             log(f"== spawn ({args.spawns} x true, {args.pipes} x 4 MiB through cat)")
             run_spawn(args, cells)
@@ -936,12 +1173,14 @@ def main() -> int:
             rust.stop()
         kill_all()
 
+    took = datetime.datetime.now(datetime.timezone.utc) - started
+    log(f"took {took.total_seconds() / 60:.1f} min")
     header = f"{started:%Y-%m-%d %H:%M} UTC, Python {version}, {platform.machine()}"
     header += f", {os.cpu_count()} CPUs"
     if scenarios:
         header += (
             f" (server on CPU {args.server_cpu}, load generator on CPU {args.client_cpu},"
-            f" placement {args.placement}); {args.reps} reps x {args.duration} s"
+            f" placement {args.placement}); {args.rounds_text}{args.reps} reps x {args.duration} s"
             f" (+{args.warmup} s warm-up); malloc {args.malloc}"
         )
     if spawn:
@@ -961,10 +1200,15 @@ def main() -> int:
             "client_cpu": args.client_cpu,
             "loops": args.loop_specs,
             "reps": args.reps,
+            "rounds": args.rounds,
             "duration": args.duration,
             "warmup": args.warmup,
             "malloc": args.malloc,
             "runs": args.raw,
+            "perf": [
+                {"scenario": name, "loop": loop, "splits": splits}
+                for (name, loop), splits in args.perf_splits.items()
+            ],
             "failures": {f"{loop} / {name}": c.fail for (name, loop), c in cells.items() if c.fail},
         }
         args.json_out.write_text(json.dumps(payload, indent=1) + "\n")

@@ -13,6 +13,7 @@
 //! loadgen --mode echo --unix /tmp/echo.sock -c 1 -s 100k
 //! loadgen --mode http --addr 127.0.0.1:8080 -c 100 -s 1k --server-pid 1234
 //! loadgen --mode udp --addr 127.0.0.1:25001 -c 10 -s 64
+//! loadgen --mode ws --addr 127.0.0.1:8765 -c 10 -s 1k
 //! loadgen --mode http --addr 127.0.0.1:8443 --tls --ca ca.pem -c 10 -s 1k
 //! ```
 //!
@@ -30,6 +31,7 @@ mod tls;
 #[cfg(all(test, feature = "tls"))]
 mod tls_tests;
 mod worker;
+mod ws;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -41,11 +43,14 @@ use hist::Histogram;
 use worker::{Outcome, Stream};
 
 const USAGE: &str = "\
-usage: loadgen [--mode echo|http|udp] (--addr HOST:PORT | --unix PATH) [options]
+usage: loadgen [--mode echo|http|udp|ws] (--addr HOST:PORT | --unix PATH) [options]
 
-  --mode echo|http|udp echo: send SIZE bytes, expect them back; http: GET /SIZE, expect a
+  --mode MODE          echo: send SIZE bytes, expect them back; http: GET /SIZE, expect a
                        200 response with Content-Length SIZE; udp: send one SIZE-byte
-                       datagram, expect the same datagram back (default echo)
+                       datagram, expect the same datagram back; ws: WebSocket handshake
+                       (GET /, Sec-WebSocket-Accept checked) before the warm-up, then send
+                       one masked binary message of SIZE bytes, expect the same message
+                       back in one unmasked binary frame (default echo)
   --addr HOST:PORT     loopback TCP (UDP for --mode udp) address of the server
   --unix PATH          Unix stream socket of the server (echo or http)
   -c, --connections N  connections (UDP: sockets), each with one request in flight
@@ -72,6 +77,8 @@ pub enum Mode {
     Echo,
     Http,
     Udp,
+    /// WebSocket echo: binary messages over an upgraded HTTP/1.1 connection.
+    Ws,
 }
 
 impl Mode {
@@ -80,6 +87,7 @@ impl Mode {
             Mode::Echo => "echo",
             Mode::Http => "http",
             Mode::Udp => "udp",
+            Mode::Ws => "ws",
         }
     }
 }
@@ -230,7 +238,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
                     "echo" => Mode::Echo,
                     "http" => Mode::Http,
                     "udp" => Mode::Udp,
-                    other => return Err(format!("--mode: echo, http or udp, not {other:?}")),
+                    "ws" => Mode::Ws,
+                    other => return Err(format!("--mode: echo, http, udp or ws, not {other:?}")),
                 }
             }
             "--addr" => {
@@ -297,8 +306,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
             ));
         }
     }
+    if options.mode == Mode::Ws && !matches!(options.target, Some(Target::Tcp(_))) {
+        return Err("--mode ws needs --addr, not --unix".into());
+    }
     if options.tls {
-        if options.mode == Mode::Udp || !matches!(options.target, Some(Target::Tcp(_))) {
+        if matches!(options.mode, Mode::Udp | Mode::Ws)
+            || !matches!(options.target, Some(Target::Tcp(_)))
+        {
             return Err("--tls works with --addr in the echo and http modes".into());
         }
         if options.ca.is_none() {
@@ -411,7 +425,7 @@ fn main() -> ExitCode {
     // set-up is neither measured nor warm-up.
     let mut per_thread: Vec<Vec<(u32, Stream)>> = (0..options.threads).map(|_| vec![]).collect();
     for id in 0..options.connections {
-        match Stream::connect(&target, options.mode, tls.as_ref()) {
+        match Stream::connect(&target, options.mode, tls.as_ref(), id as u64) {
             Ok(stream) => per_thread[id % options.threads].push((id as u32, stream)),
             Err(e) => return fatal(&target_text, &format!("connect {target_text}: {e}")),
         }
@@ -542,6 +556,11 @@ mod tests {
         assert!(parse_args(args("--mode udp --unix /tmp/x")).is_err());
         assert!(parse_args(args("--mode udp --addr 127.0.0.1:9 -s 64k")).is_err());
         assert!(parse_args(args("--mode udp --addr 127.0.0.1:9 -s 65507")).is_ok());
+
+        let options = parse_args(args("--mode ws --addr 127.0.0.1:9 -s 100k")).unwrap();
+        assert_eq!(options.mode, Mode::Ws);
+        assert!(parse_args(args("--mode ws --unix /tmp/x")).is_err());
+        assert!(parse_args(args("--mode ws --addr 127.0.0.1:9 --tls --ca x")).is_err());
     }
 
     #[test]

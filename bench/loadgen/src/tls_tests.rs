@@ -94,7 +94,12 @@ fn drive(addr: SocketAddr, mode: Mode, size: usize, connections: u32) -> Outcome
     let client = TlsClient::new(&testdata("ca.pem"), "127.0.0.1").unwrap();
     let target = Target::Tcp(addr);
     let conns = (0..connections)
-        .map(|id| (id, Stream::connect(&target, mode, Some(&client)).unwrap()))
+        .map(|id| {
+            (
+                id,
+                Stream::connect(&target, mode, Some(&client), u64::from(id)).unwrap(),
+            )
+        })
         .collect();
     let now = Instant::now();
     let config = Config {
@@ -135,13 +140,13 @@ fn handshake_checks_the_certificate() {
     let target = Target::Tcp(serve(Mode::Echo, 2));
     // The server's own certificate is not a CA: its issuer stays unknown.
     let untrusting = TlsClient::new(&testdata("server.pem"), "127.0.0.1").unwrap();
-    let err = Stream::connect(&target, Mode::Echo, Some(&untrusting))
+    let err = Stream::connect(&target, Mode::Echo, Some(&untrusting), 0)
         .err()
         .expect("a certificate from an unknown CA was accepted");
     assert!(err.to_string().contains("TLS handshake"), "{err}");
     // The certificate is for 127.0.0.1, not for this name.
     let wrong_name = TlsClient::new(&testdata("ca.pem"), "example.com").unwrap();
-    let err = Stream::connect(&target, Mode::Echo, Some(&wrong_name))
+    let err = Stream::connect(&target, Mode::Echo, Some(&wrong_name), 0)
         .err()
         .expect("a certificate for another name was accepted");
     assert!(err.to_string().contains("TLS handshake"), "{err}");

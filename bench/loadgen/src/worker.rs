@@ -12,7 +12,7 @@ use crate::hist::Histogram;
 use crate::http::{self, Progress};
 use crate::payload::{self, Pattern};
 use crate::tls::{TlsClient, TlsStream};
-use crate::{Config, Mode, Target};
+use crate::{ws, Config, Mode, Target};
 
 /// Size of the read buffer every connection of a thread shares.
 const READ_BUFFER: usize = 256 * 1024;
@@ -33,8 +33,14 @@ pub enum Stream {
 
 impl Stream {
     /// Connects (blocking, bounded for TCP), completes the TLS handshake when `tls` is
-    /// given (TCP only), then switches to non-blocking mode.
-    pub fn connect(target: &Target, mode: Mode, tls: Option<&TlsClient>) -> io::Result<Stream> {
+    /// given (TCP only) or the WebSocket handshake in `Mode::Ws` (its key made from
+    /// `nonce`), then switches to non-blocking mode.
+    pub fn connect(
+        target: &Target,
+        mode: Mode,
+        tls: Option<&TlsClient>,
+        nonce: u64,
+    ) -> io::Result<Stream> {
         let stream = match target {
             Target::Tcp(addr) if mode == Mode::Udp => {
                 let local: SocketAddr = if addr.is_ipv4() {
@@ -47,8 +53,11 @@ impl Stream {
                 Stream::Udp(socket)
             }
             Target::Tcp(addr) => {
-                let stream = TcpStream::connect_timeout(addr, Duration::from_secs(5))?;
+                let mut stream = TcpStream::connect_timeout(addr, Duration::from_secs(5))?;
                 stream.set_nodelay(true)?;
+                if mode == Mode::Ws {
+                    ws::handshake(&mut stream, &addr.to_string(), nonce)?;
+                }
                 match tls {
                     Some(tls) => return Ok(Stream::Tls(Box::new(tls.handshake(stream)?))),
                     None => Stream::Tcp(stream),
@@ -160,6 +169,9 @@ struct Conn {
     counter: u64,
     /// The current request; `out[sent..]` is still to be sent.
     out: Vec<u8>,
+    /// WebSocket: the payload of the current message, and the exact reply expected.
+    message: Vec<u8>,
+    expect: Vec<u8>,
     sent: usize,
     /// Reply bytes received (and, for echo, verified) so far.
     received: usize,
@@ -178,6 +190,7 @@ impl Conn {
     fn expected_len(&self, mode: Mode) -> Option<usize> {
         match mode {
             Mode::Echo | Mode::Udp => Some(self.out.len()),
+            Mode::Ws => Some(self.expect.len()),
             Mode::Http => self.total,
         }
     }
@@ -185,6 +198,11 @@ impl Conn {
     fn begin(&mut self, config: &Config, pattern: &Pattern, now: Instant) -> Step {
         match config.mode {
             Mode::Echo | Mode::Udp => pattern.fill(self.id, self.counter, &mut self.out),
+            Mode::Ws => {
+                pattern.fill(self.id, self.counter, &mut self.message);
+                let mask = (self.counter as u32 ^ self.id.rotate_left(16)).to_le_bytes();
+                ws::encode(&self.message, mask, &mut self.out, &mut self.expect);
+            }
             Mode::Http => {
                 if self.out.is_empty() {
                     self.out = http::request(config.size);
@@ -221,6 +239,11 @@ impl Conn {
             Mode::Echo => {
                 payload::verify(&self.out, self.received, chunk)
                     .map_err(|e| format!("connection {} request {}: {e}", self.id, self.counter))?;
+                self.received += chunk.len();
+            }
+            Mode::Ws => {
+                payload::verify(&self.expect, self.received, chunk)
+                    .map_err(|e| format!("connection {} message {}: {e}", self.id, self.counter))?;
                 self.received += chunk.len();
             }
             Mode::Udp => {
@@ -289,6 +312,8 @@ pub fn run(config: &Config, pattern: &Pattern, conns: Vec<(u32, Stream)>) -> Out
             stream,
             counter: 0,
             out: Vec::new(),
+            message: Vec::new(),
+            expect: Vec::new(),
             sent: 0,
             received: 0,
             head: Vec::new(),
