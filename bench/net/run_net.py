@@ -1173,7 +1173,7 @@ def main() -> int:
             rust.stop()
         kill_all()
 
-    took = datetime.datetime.now(datetime.timezone.utc) - started
+    took = datetime.datetime.now(datetime.UTC) - started
     log(f"took {took.total_seconds() / 60:.1f} min")
     header = f"{started:%Y-%m-%d %H:%M} UTC, Python {version}, {platform.machine()}"
     header += f", {os.cpu_count()} CPUs"
