@@ -188,6 +188,41 @@ def test_writelines_of_something_not_bytes_like(loop):
         loop.run_until_complete(asyncio.sleep(0.01))
 
 
+def _received(peer) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = peer.recv(1 << 16)
+        except BlockingIOError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_writelines_failing_on_an_item_keeps_the_items_before_it_on_3_15(loop):
+    # asyncio 3.15 queues each item as it takes it: those before the one that fails
+    # stay queued, unsent and with no writer watch, until the next writelines()
+    # flushes the queue; 3.11 (a join) and 3.12-3.14 (all taken first) queue nothing.
+    kept = sys.version_info >= (3, 15)
+    transport, _, peer = _connected(loop)
+    with peer:
+        peer.setblocking(False)
+        with pytest.raises(TypeError):
+            transport.writelines([b"a", "not bytes"])
+        assert transport.get_write_buffer_size() == (1 if kept else 0)
+        transport.write(b"bc")
+        assert transport.get_write_buffer_size() == (3 if kept else 0)
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert _received(peer) == (b"" if kept else b"bc")
+        transport.writelines([b"d"])
+        assert transport.get_write_buffer_size() == 0
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert _received(peer) == (b"abcd" if kept else b"d")
+        transport.close()
+        loop.run_until_complete(asyncio.sleep(0.01))
+
+
 # -- water marks: Python numbers, asyncio's checks ---------------------------------------
 
 

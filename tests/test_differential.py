@@ -22,7 +22,6 @@ import socket
 import sys
 import threading
 
-import pytest
 from differential import (
     Side,
     describe_exception,
@@ -73,6 +72,20 @@ def _strided_behind_queued_data(data, side) -> bool:
         return side.transport.get_write_buffer_size() > 0
     except Exception:
         return False
+
+
+def _strided_left_queued(items) -> bool:
+    """A non-empty, non-contiguous memoryview followed by an item memoryview() refuses,
+    on Python 3.15+ (whose writelines() queues the items before the one that fails)."""
+    if sys.version_info < (3, 15):
+        return False
+    for index, item in enumerate(items):
+        if isinstance(item, memoryview) and not item.c_contiguous and item.nbytes:
+            return any(
+                later and not isinstance(later, (bytes, bytearray, memoryview))
+                for later in items[index + 1 :]
+            )
+    return False
 
 
 def _strided(data: bytes) -> memoryview:
@@ -240,6 +253,10 @@ class LoopAndTransport(RuleBasedStateMachine):
 
     @rule(items=st.lists(WRITE_DATA, max_size=3))
     def writelines(self, items):
+        if _strided_left_queued(items):
+            # asyncio 3.15 queues the items before one that fails; a non-contiguous view
+            # among them fails in its next send, ferroloop's at once (docs/design.md).
+            return
         if any(isinstance(i, bytes) and len(i) > 100_000 for i in items):
             # asyncio 3.12+'s writelines() keeps what a closed loop will never send (it
             # queues before asking for the watch); a known asyncio flaw, not compared.
@@ -530,13 +547,6 @@ def report(machine, what):
     print(f"\n{machine.__name__}: {machine.examples} examples, {what}")
 
 
-@pytest.mark.xfail(
-    sys.version_info >= (3, 15),
-    reason="issue 15, open: on 3.15 the fuzzer finds asyncio's write queue holding 1 byte "
-    "where ferroloop's is empty (get_write_buffer_size, pause_writing at "
-    "set_write_buffer_limits(None, 0), what the peer drains); not yet investigated",
-    strict=False,
-)
 def test_differential_loop_and_transport():
     fuzz = fuzz_settings(250, 40)
     LoopAndTransport.examples = LoopAndTransport.comparisons = 0
