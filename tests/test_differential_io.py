@@ -14,6 +14,7 @@ import asyncio
 import gc
 import os
 import socket
+import threading
 
 from differential import (
     SETTLE_ITERATIONS,
@@ -35,6 +36,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from test_differential import (
+    DELAYS,
     NUMBERS,
     SMALL,
     WRITE_DATA,
@@ -564,6 +566,157 @@ class Datagrams(Differential):
         self.check_fds()
 
 
+# -- crash resistance of the pipe and datagram cores (ferroloop only) ----------------------
+
+CORE_METHODS = {
+    "r": ["_read_ready", "_start_reading", "pause_reading", "resume_reading", "close", "abort"],
+    "w": ["_write_ready", "_read_ready", "_start_reading", "write_eof", "close", "abort"],
+    "d": ["_read_ready", "_sendto_ready", "_start_reading", "close", "abort"],
+}
+CORE_METHODS_WITH = ["write", "writelines", "sendto", "set_protocol", "_call_connection_lost"]
+CORE_METHODS_WITH += ["_close", "_fatal_error", "set_write_buffer_limits"]
+
+
+class FerroloopIoAbuse(RuleBasedStateMachine):
+    """Invalid use of ferroloop's pipe and datagram cores: whatever is called, with
+    whatever, from whichever thread, nothing but an ordinary `Exception` may come out (a
+    Rust panic surfaces as `pyo3_runtime.PanicException`, a BaseException)."""
+
+    examples = 0
+    calls = 0
+
+    def __init__(self):
+        super().__init__()
+        FerroloopIoAbuse.examples += 1
+        gc.collect()
+        self.fds_before = open_fds()
+        self.side = None
+        self.ends: list[int] = []
+        self.peer = None
+
+    @initialize()
+    def start(self):
+        side = self.side = IoSide("ferroloop")
+        r1, feed = os.pipe()
+        sink, w2 = os.pipe()
+        self.ends = [feed, sink]
+        for fd in self.ends:
+            os.set_blocking(fd, False)
+        loop = side.loop
+        loop.run_until_complete(
+            loop.connect_read_pipe(lambda: PipeRecorder(side, "r", str), open(r1, "rb", 0))
+        )
+        loop.run_until_complete(
+            loop.connect_write_pipe(lambda: PipeRecorder(side, "w", str), open(w2, "wb", 0))
+        )
+        ours, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.peer.setblocking(False)
+        loop.run_until_complete(
+            loop.create_datagram_endpoint(lambda: DatagramRecorder(side, "d", str), sock=ours)
+        )
+        side.settle()
+
+    def core(self, name):
+        return self.side.transports[name]._core
+
+    @rule(name=st.sampled_from("rwd"), data=st.data(), in_thread=st.booleans())
+    def core_method(self, name, data, in_thread):
+        method = data.draw(st.sampled_from(CORE_METHODS[name]))
+        core = self.core(name)
+        self.call(lambda: getattr(core, method)(), in_thread)
+
+    @rule(
+        name=st.sampled_from("rwd"),
+        method=st.sampled_from(CORE_METHODS_WITH),
+        argument=st.one_of(WRITE_DATA, st.lists(WRITE_DATA, max_size=2), NUMBERS),
+        in_thread=st.booleans(),
+    )
+    def core_call_with(self, name, method, argument, in_thread):
+        core = self.core(name)
+        self.call(lambda: getattr(core, method)(plain(argument)), in_thread)
+
+    @rule(data=DATAGRAM_DATA, addr=ADDRESSES, in_thread=st.booleans())
+    def sendto(self, data, addr, in_thread):
+        core = self.core("d")
+        self.call(lambda: core.sendto(data, addr), in_thread)
+
+    @rule(count=st.integers(1, 300))
+    def fill(self, count):
+        core = self.core("d")
+        self.call(lambda: [core.sendto(b"f" * 1000) for _ in range(count)], False)
+        self.call(lambda: self.core("w").write(b"w" * 300_000), False)
+
+    @rule(in_thread=st.booleans(), delay=DELAYS)
+    def loop_calls(self, in_thread, delay):
+        loop = self.side.loop
+        self.call(lambda: loop.call_later(delay, print), in_thread)
+
+    @rule(callback=st.sampled_from(["data_received", "datagram_received", "connection_lost"]))
+    def set_mischief(self, callback):
+        for name in "rwd":
+            self.side.mischief[f"{name}.{callback}"] = "raise"
+
+    @rule(data=st.binary(max_size=5000))
+    def peers(self, data):
+        self.call(lambda: os.write(self.ends[0], data), False)
+        self.call(lambda: self.peer.send(data), False)
+        self.call(lambda: os.read(self.ends[1], 1 << 20), False)
+        self.call(lambda: [self.peer.recv(1 << 17) for _ in range(50)], False)
+
+    @rule()
+    def run(self):
+        self.side.settle()
+
+    @rule()
+    def close_loop(self):
+        self.call(self.side.loop.close, False)
+
+    def call(self, call, in_thread):
+        FerroloopIoAbuse.calls += 1
+        escaped = []
+
+        def guarded():
+            try:
+                call()
+            except Exception:  # noqa: BLE001 (an ordinary exception is a fine answer)
+                pass
+            except BaseException as exc:  # noqa: BLE001 (this is what must never happen)
+                escaped.append(exc)
+
+        if in_thread:
+            thread = threading.Thread(target=guarded)
+            thread.start()
+            thread.join()
+        else:
+            guarded()
+        assert not escaped, f"{describe_exception(escaped[0])} escaped"
+
+    def teardown(self):
+        if self.side is not None:
+            try:
+                if not self.side.loop.is_closed():
+                    for transport in self.side.transports.values():
+                        outcome(getattr(transport, "abort", transport.close))
+                    self.side.settle()
+            finally:
+                for transport in self.side.transports.values():
+                    # A loop closed before connection_lost ran leaves the fd open.
+                    pipe = transport.get_extra_info("pipe")
+                    sock = transport.get_extra_info("socket")
+                    if pipe is not None:
+                        pipe.close()
+                    if sock is not None and sock.fileno() != -1:
+                        sock._sock.close()
+                self.side.loop.close()
+                for fd in self.ends:
+                    os.close(fd)
+                self.peer.close()
+        self.side = None
+        gc.collect()
+        leaked = open_fds() - self.fds_before
+        assert not leaked, f"file descriptors left open: {sorted(leaked)}"
+
+
 def test_differential_pipes():
     fuzz = fuzz_settings(60, 30)
     Pipes.examples = Pipes.comparisons = 0
@@ -578,3 +731,11 @@ def test_differential_datagrams():
     run_state_machine_as_test(Datagrams, settings=fuzz)
     report(Datagrams, f"{Datagrams.comparisons} calls compared")
     assert Datagrams.examples >= fuzz.max_examples
+
+
+def test_ferroloop_pipe_and_datagram_cores_survive_abuse():
+    fuzz = fuzz_settings(40, 30)
+    FerroloopIoAbuse.examples = FerroloopIoAbuse.calls = 0
+    run_state_machine_as_test(FerroloopIoAbuse, settings=fuzz)
+    report(FerroloopIoAbuse, f"{FerroloopIoAbuse.calls} abusive calls")
+    assert FerroloopIoAbuse.examples >= fuzz.max_examples
