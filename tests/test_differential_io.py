@@ -68,7 +68,7 @@ class IoSide:
     def _handler(self, loop, context) -> None:
         exc = context.get("exception")
         message = context.get("message", "")
-        if isinstance(exc, AttributeError) and "._call_connection_lost(" in message:
+        if isinstance(exc, AttributeError) and WRITE_PIPE_LOST_AGAIN in message:
             self.record(*_SECOND_CONNECTION_LOST)
             return
         self.record(
@@ -244,6 +244,7 @@ def _pipe_assertion(results):
 # connection_lost a second time when abort() follows write_eof() or close(), which fails
 # (its protocol is gone by then) and is reported; ferroloop calls connection_lost once.
 _SECOND_CONNECTION_LOST = ("second connection_lost failed",)
+WRITE_PIPE_LOST_AGAIN = "_UnixWritePipeTransport._call_connection_lost("
 
 
 def _asyncio_forgot_its_loop(side, what, results):
