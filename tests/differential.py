@@ -282,8 +282,10 @@ class Side:
         self.received_by_peer += total
         return total
 
-    def timer_fired(self, tag) -> None:
-        self.record("timer", tag)
+    def timer_fired(self, tag, when=()) -> None:
+        """Records a callback; a timer's `when` (a one-item list filled once it is
+        scheduled) is recorded too, for the comparing to order ties (then dropped)."""
+        self.record("timer", tag, *when)
 
     def close(self) -> None:
         """Closes everything this side opened, whatever state it is in."""

@@ -188,6 +188,98 @@ def test_writelines_of_something_not_bytes_like(loop):
         loop.run_until_complete(asyncio.sleep(0.01))
 
 
+def _received(peer) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = peer.recv(1 << 16)
+        except BlockingIOError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_writelines_failing_on_an_item_keeps_the_items_before_it_on_3_15(loop):
+    # asyncio 3.15 queues each item as it takes it: those before the one that fails
+    # stay queued, unsent and with no writer watch, until the next writelines()
+    # flushes the queue; 3.11 (a join) and 3.12-3.14 (all taken first) queue nothing.
+    kept = sys.version_info >= (3, 15)
+    transport, _, peer = _connected(loop)
+    with peer:
+        peer.setblocking(False)
+        with pytest.raises(TypeError):
+            transport.writelines([b"a", "not bytes"])
+        assert transport.get_write_buffer_size() == (1 if kept else 0)
+        transport.write(b"bc")
+        assert transport.get_write_buffer_size() == (3 if kept else 0)
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert _received(peer) == (b"" if kept else b"bc")
+        transport.writelines([b"d"])
+        assert transport.get_write_buffer_size() == 0
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert _received(peer) == (b"abcd" if kept else b"d")
+        transport.close()
+        loop.run_until_complete(asyncio.sleep(0.01))
+
+
+def _write_pipe(loop):
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    pipe = os.fdopen(write_fd, "wb", buffering=0)
+    transport, protocol = loop.run_until_complete(loop.connect_write_pipe(LostRecorder, pipe))
+    return transport, protocol, read_fd
+
+
+def test_pipe_write_of_a_strided_memoryview_is_a_fatal_error(loop, exc_handler):
+    transport, protocol, read_fd = _write_pipe(loop)
+    try:
+        transport.write(memoryview(b"")[::2])  # empty: nothing to write
+        transport.write(memoryview(b"abcdef")[::2])
+        context = exc_handler.pop_one()
+        assert context["message"] == "Fatal write error on pipe transport"
+        assert isinstance(context["exception"], BufferError)
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert len(protocol.lost) == 1 and isinstance(protocol.lost[0], BufferError)
+    finally:
+        os.close(read_fd)
+
+
+def test_pipe_write_of_a_strided_memoryview_behind_queued_data(loop, exc_handler):
+    # asyncio extends its bytearray queue with it, which refuses it.
+    transport, protocol, read_fd = _write_pipe(loop)
+    try:
+        transport.write(b"x" * 1_000_000)
+        queued = transport.get_write_buffer_size()
+        assert queued > 0
+        with pytest.raises(TypeError):
+            transport.write(memoryview(b"abcdef")[::2])
+        assert transport.get_write_buffer_size() == queued
+        assert exc_handler.contexts == []
+        transport.abort()
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert protocol.lost == [None]
+    finally:
+        os.close(read_fd)
+
+
+def test_pipe_writelines_refuses_a_strided_memoryview(loop, exc_handler):
+    # asyncio writes b''.join(list_of_data), which refuses even an empty one.
+    transport, protocol, read_fd = _write_pipe(loop)
+    try:
+        for view in (memoryview(b"abcdef")[::2], memoryview(b"")[::2]):
+            with pytest.raises(TypeError, match="sequence item 1"):
+                transport.writelines([b"ab", view])
+        with pytest.raises(BlockingIOError):
+            os.read(read_fd, 100)
+        transport.close()
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert protocol.lost == [None]
+        assert exc_handler.contexts == []
+    finally:
+        os.close(read_fd)
+
+
 # -- water marks: Python numbers, asyncio's checks ---------------------------------------
 
 

@@ -22,7 +22,6 @@ import socket
 import sys
 import threading
 
-import pytest
 from differential import (
     Side,
     describe_exception,
@@ -73,6 +72,20 @@ def _strided_behind_queued_data(data, side) -> bool:
         return side.transport.get_write_buffer_size() > 0
     except Exception:
         return False
+
+
+def _strided_left_queued(items) -> bool:
+    """A non-empty, non-contiguous memoryview followed by an item memoryview() refuses,
+    on Python 3.15+ (whose writelines() queues the items before the one that fails)."""
+    if sys.version_info < (3, 15):
+        return False
+    for index, item in enumerate(items):
+        if isinstance(item, memoryview) and not item.c_contiguous and item.nbytes:
+            return any(
+                later and not isinstance(later, (bytes, bytearray, memoryview))
+                for later in items[index + 1 :]
+            )
+    return False
 
 
 def _strided(data: bytes) -> memoryview:
@@ -217,7 +230,7 @@ class LoopAndTransport(RuleBasedStateMachine):
         """`call(side)` on both sides: the same outcome, callbacks and handler calls."""
         LoopAndTransport.comparisons += 1
         results = [comparable(outcome(lambda side=side: call(side))) for side in self.sides]
-        events = [side.take_events() for side in self.sides]
+        events = [_timer_ties_sorted(side.take_events()) for side in self.sides]
         events = [[comparable(e) for e in side_events] for side_events in events]
         note(f"{what}: {results[0]!r} events {events[0]!r}")
         if _asyncio_forgot_its_loop(results):
@@ -240,6 +253,10 @@ class LoopAndTransport(RuleBasedStateMachine):
 
     @rule(items=st.lists(WRITE_DATA, max_size=3))
     def writelines(self, items):
+        if _strided_left_queued(items):
+            # asyncio 3.15 queues the items before one that fails; a non-contiguous view
+            # among them fails in its next send, ferroloop's at once (docs/design.md).
+            return
         if any(isinstance(i, bytes) and len(i) > 100_000 for i in items):
             # asyncio 3.12+'s writelines() keeps what a closed loop will never send (it
             # queues before asking for the watch); a known asyncio flaw, not compared.
@@ -332,7 +349,9 @@ class LoopAndTransport(RuleBasedStateMachine):
 
         def schedule(side):
             index = self.sides.index(side)
-            handle = side.loop.call_later(delay, side.timer_fired, repr(delay))
+            due = []
+            handle = side.loop.call_later(delay, side.timer_fired, repr(delay), due)
+            due.append(handle.when())
             self.handles[index].append(handle)
             return handle
 
@@ -350,7 +369,9 @@ class LoopAndTransport(RuleBasedStateMachine):
 
         def schedule(side):
             index = self.sides.index(side)
-            handle = side.loop.call_at(when, side.timer_fired, repr(when))
+            due = []
+            handle = side.loop.call_at(when, side.timer_fired, repr(when), due)
+            due.append(handle.when())
             self.handles[index].append(handle)
             return handle
 
@@ -497,6 +518,29 @@ class LoopAndTransport(RuleBasedStateMachine):
         assert not leaked, f"file descriptors left open: {sorted(leaked)}"
 
 
+def _timer_ties_sorted(events):
+    """Known difference (docs/design.md): timers due at the same time run in scheduling
+    order on ferroloop, in the arbitrary order of asyncio's heap; so within each run of
+    timer events, ties are put in the order of their tags. Each timer's time is then
+    dropped (call_later's differs between the loops)."""
+    result, run = [], []
+
+    def flush():
+        if not any(math.isnan(event[2]) for event in run):
+            run.sort(key=lambda event: (event[2], event[1]))
+        result.extend(event[:2] for event in run)
+        run.clear()
+
+    for event in events:
+        if event[0] == "timer" and len(event) == 3:
+            run.append(event)
+        else:
+            flush()
+            result.append(event)
+    flush()
+    return result
+
+
 def _asyncio_forgot_its_loop(results):
     """Known difference (docs/design.md): asyncio 3.11's transport whose close() drained
     its queue forgets its loop but not its connection, so a later write() or abort()
@@ -530,13 +574,6 @@ def report(machine, what):
     print(f"\n{machine.__name__}: {machine.examples} examples, {what}")
 
 
-@pytest.mark.xfail(
-    sys.version_info >= (3, 15),
-    reason="issue 15, open: on 3.15 the fuzzer finds asyncio's write queue holding 1 byte "
-    "where ferroloop's is empty (get_write_buffer_size, pause_writing at "
-    "set_write_buffer_limits(None, 0), what the peer drains); not yet investigated",
-    strict=False,
-)
 def test_differential_loop_and_transport():
     fuzz = fuzz_settings(250, 40)
     LoopAndTransport.examples = LoopAndTransport.comparisons = 0

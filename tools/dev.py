@@ -268,23 +268,37 @@ def build_wheels() -> None:
 
 
 def fuzz() -> None:
-    """The differential fuzzer (tests/test_differential.py) with fresh random seeds, batch
-    after batch, for `--minutes N` (default 10); stops at the first failure."""
+    """The differential fuzzers (tests/test_differential*.py) with fresh random seeds,
+    batch after batch, for `--minutes N` (default 10); stops at the first failure and
+    prints how many examples ran, with every batch's seed."""
     parser = argparse.ArgumentParser(prog="dev.py fuzz")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--examples", type=int, default=500, help="examples per batch")
     options = parser.parse_args(sys.argv[2:])
     build()
+    files = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("tests/test_differential*.py"))
+    print(f"fuzz: {', '.join(files)}", flush=True)
     deadline = time.monotonic() + options.minutes * 60
-    batches = 0
-    while time.monotonic() < deadline:
+    seeds: list[int] = []
+    failed = False
+    while time.monotonic() < deadline and not failed:
         seed = int.from_bytes(os.urandom(4), "little")
-        print(f"batch {batches + 1}, seed {seed}", flush=True)
+        seeds.append(seed)
+        print(f"batch {len(seeds)}, seed {seed}", flush=True)
         env = {"FERROLOOP_FUZZ_SEED": str(seed), "FERROLOOP_FUZZ_EXAMPLES": str(options.examples)}
-        tests = [venv_python(), "-m", "pytest", "-q", "-s", "tests/test_differential.py"]
-        run([*tests, f"--hypothesis-seed={seed}"], env=env)
-        batches += 1
-    print(f"fuzz: {batches} batches of {options.examples} examples per machine, no failure")
+        tests = [venv_python(), "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", *files]
+        try:
+            run([*tests, f"--hypothesis-seed={seed}"], env=env)
+        except SystemExit:
+            failed = True
+    passed = len(seeds) - failed
+    print(
+        f"fuzz: {passed} batches passed ({passed * options.examples} examples per state "
+        f"machine, {options.examples} per batch); seeds {seeds}"
+    )
+    if failed:
+        sys.exit(f"fuzz: batch {len(seeds)} (seed {seeds[-1]}) failed")
+    print("fuzz: no failure")
 
 
 COMMANDS = {

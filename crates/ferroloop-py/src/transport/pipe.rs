@@ -32,7 +32,7 @@
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyTypeError};
+use pyo3::exceptions::{PyBrokenPipeError, PyBufferError, PyOSError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -648,6 +648,15 @@ enum Data {
     View(ExportedBuffer),
 }
 
+/// True for a memoryview that is not C-contiguous: `os.write` refuses it, and so do
+/// `bytearray +=` and `b''.join` (which asyncio's pipe `write`/`writelines` use).
+fn is_strided(data: &Bound<'_, PyAny>) -> PyResult<bool> {
+    Ok(data.is_instance_of::<PyMemoryView>()
+        && !data
+            .getattr(intern!(data.py(), "c_contiguous"))?
+            .is_truthy()?)
+}
+
 fn data_of(data: &Bound<'_, PyAny>) -> PyResult<Data> {
     if let Ok(bytes) = data.cast::<PyBytes>() {
         return Ok(Data::Bytes(bytes.clone().unbind()));
@@ -746,6 +755,29 @@ impl WritePipeCore {
         Ok(())
     }
 
+    /// `write()` of a memoryview that is not C-contiguous, answered as asyncio's: nothing
+    /// when it is empty or the pipe refuses writes; behind queued data the `TypeError` of
+    /// `bytearray += view`; else the fatal error of `os.write`'s `BufferError`.
+    fn write_strided(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if !data.is_truthy()? {
+            return Ok(());
+        }
+        if this.refuses_writes(py) {
+            return this.count_lost_write(py);
+        }
+        if !this.state.borrow_mut(py).buffer.is_empty() {
+            return Err(PyTypeError::new_err("can't concat memoryview to bytearray"));
+        }
+        this.state.borrow_mut(py).conn_lost += 1;
+        Self::fatal_error(
+            slf,
+            PyBufferError::new_err("memoryview: underlying buffer is not C-contiguous"),
+            "Fatal write error on pipe transport",
+        )
+    }
+
     /// True when writes are dropped: the pipe is closing or was lost.
     fn refuses_writes(&self, py: Python<'_>) -> bool {
         let state = self.state.borrow_mut(py);
@@ -822,6 +854,9 @@ impl WritePipeCore {
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        if is_strided(data)? {
+            return Self::write_strided(slf, data);
+        }
         let data = data_of(data)?;
         let bytes: &[u8] = match &data {
             Data::Bytes(b) => b.bind(py).as_bytes(),
@@ -875,10 +910,17 @@ impl WritePipeCore {
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let pieces = list_of_data
-            .try_iter()?
-            .map(|item| item.and_then(|i| data_of(&i)))
-            .collect::<PyResult<Vec<_>>>()?;
+        let mut pieces = Vec::new();
+        for (index, item) in list_of_data.try_iter()?.enumerate() {
+            let item = item?;
+            if is_strided(&item)? {
+                // asyncio writes b''.join(list_of_data), which refuses it.
+                return Err(PyTypeError::new_err(format!(
+                    "sequence item {index}: expected a bytes-like object, memoryview found"
+                )));
+            }
+            pieces.push(data_of(&item)?);
+        }
         let total: usize = pieces
             .iter()
             .map(|p| match p {

@@ -309,6 +309,31 @@ fn queues_views(py: Python<'_>) -> bool {
     *QUEUES_VIEWS.get_or_init(py, || py.version_info() >= (3, 12))
 }
 
+/// True on Python 3.15+, whose asyncio `writelines()` queues each item as it takes it, so
+/// an item that is not a buffer fails the call with the items before it queued (3.12 to
+/// 3.14 take them all first and queue nothing when one fails).
+fn queues_items_one_by_one(py: Python<'_>) -> bool {
+    static ONE_BY_ONE: PyOnceLock<bool> = PyOnceLock::new();
+    *ONE_BY_ONE.get_or_init(py, || py.version_info() >= (3, 15))
+}
+
+/// `memoryview(item)` of every non-empty item of `list_of_data`, pushed onto `views` in
+/// order (so that when one fails, `views` holds those taken before it).
+fn views_of_items<'py>(
+    list_of_data: &Bound<'py, PyAny>,
+    views: &mut Vec<Bound<'py, PyAny>>,
+) -> PyResult<()> {
+    let py = list_of_data.py();
+    let memoryview = py.import("builtins")?.getattr(intern!(py, "memoryview"))?;
+    for item in list_of_data.try_iter()? {
+        let item = item?;
+        if item.is_truthy()? {
+            views.push(memoryview.call1((item,))?);
+        }
+    }
+    Ok(())
+}
+
 fn payload(data: &Bound<'_, PyAny>) -> PyResult<Payload> {
     if let Ok(bytes) = data.cast::<PyBytes>() {
         return Ok(Payload::Shared(bytes.clone().unbind()));
@@ -615,13 +640,12 @@ impl StreamCore {
         if conn_lost > 0 {
             return this.count_lost_write(py, conn_lost);
         }
-        let memoryview = py.import("builtins")?.getattr(intern!(py, "memoryview"))?;
         let mut views = Vec::new();
-        for item in list_of_data.try_iter()? {
-            let item = item?;
-            if item.is_truthy()? {
-                views.push(memoryview.call1((item,))?);
+        if let Err(err) = views_of_items(list_of_data, &mut views) {
+            if queues_items_one_by_one(py) {
+                Self::queue_unsent(slf, &views)?;
             }
+            return Err(err);
         }
         let mut joined = Vec::new();
         for view in &views {
@@ -640,7 +664,28 @@ impl StreamCore {
         }
         drop(views);
         let joined = PyBytes::new(py, &joined);
-        Self::write(slf, joined.as_any())
+        let queued = {
+            let state = this.state.borrow_mut(py);
+            !state.buffer.is_empty() && state.cork.is_none()
+        };
+        if !queued {
+            return Self::write(slf, joined.as_any());
+        }
+        // asyncio queues behind what is queued and flushes at once: a queue a failed
+        // writelines() left unsent (3.15) has no writer watch until this call.
+        {
+            let len = joined.as_bytes().len();
+            this.state
+                .borrow_mut(py)
+                .buffer
+                .push_shared(joined.unbind(), len);
+        }
+        Self::_write_ready(slf)?;
+        if this.state.borrow_mut(py).buffer.is_empty() {
+            return Ok(());
+        }
+        Self::watch(slf, intern!(py, "_add_writer"), "_write_ready")?;
+        this.maybe_pause_protocol(py)
     }
 
     /// Called by the loop when the fd is writable and output is queued.
@@ -949,6 +994,30 @@ impl StreamCore {
             }
         }
         this.maybe_pause_protocol(py)
+    }
+
+    /// Queues what Python 3.15's `writelines()` took before an item failed: unsent, with
+    /// no writer watch and no pause_writing(), as asyncio leaves it. A view that is not
+    /// contiguous fails as asyncio's flush of it would, at once.
+    fn queue_unsent(slf: &Bound<'_, Self>, views: &[Bound<'_, PyAny>]) -> PyResult<()> {
+        let py = slf.py();
+        for view in views {
+            match payload(view)? {
+                Payload::Shared(b) => {
+                    let len = b.bind(py).as_bytes().len();
+                    slf.get().state.borrow_mut(py).buffer.push_shared(b, len);
+                }
+                Payload::Copied(v) => slf.get().state.borrow_mut(py).buffer.push_copy(&v),
+                Payload::Strided { .. } => {
+                    return Self::fatal_error(
+                        slf,
+                        strided_error(),
+                        "Fatal write error on socket transport",
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The queue just drained (writer watch already off): resolve the sendfile waiter,
