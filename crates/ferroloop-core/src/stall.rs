@@ -4,15 +4,16 @@
 //! The loop thread moves a counter, the stamp of a [`StallMonitor`], on at each change
 //! between "dispatching" and "in the poller": odd while it dispatches, even while it
 //! waits, so every stretch of dispatching has a number of its own. That is two plain
-//! stores per iteration and no clock read. A [`Watchdog`] thread samples the stamp on its
-//! own clock a few times per threshold; when it sees the same odd stamp for at least the
-//! threshold it reports a stall ([`StallEvent::Started`]). When the loop leaves a stretch
-//! the watchdog reported, it posts the time it left (the only clock read it makes for
-//! this), and the watchdog reports [`StallEvent::Ended`] with the total length.
+//! stores per iteration, and no clock read unless a watchdog runs: then the loop also
+//! notes when each stretch starts. A [`Watchdog`] thread samples the stamp a few times per
+//! threshold; when one odd stamp has lasted the threshold it reports a stall
+//! ([`StallEvent::Started`]). When the loop leaves a stretch the watchdog reported, it
+//! posts the time it left, and the watchdog reports [`StallEvent::Ended`] with the total
+//! length.
 //!
-//! A stretch is timed from the first sample that saw it, so a report may call it shorter
-//! than it is by up to one sampling interval (a quarter of the threshold), never longer.
-//! Nothing here takes a lock, so a process that forks while a watchdog runs finds the
+//! A stretch that began before the watchdog started is timed from the first sample that
+//! saw it, so its reports may call it shorter than it is by up to one sampling interval
+//! (a quarter of the threshold) or more on a loaded machine. Nothing here takes a lock, so a process that forks while a watchdog runs finds the
 //! monitor usable in the child, where the watchdog's thread does not exist
 //! ([`Watchdog::is_orphaned`]).
 //!
@@ -34,7 +35,7 @@
 //! watchdog.stop();
 //! ```
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -61,6 +62,11 @@ pub struct StallMonitor {
     end_ns: AtomicI64,
     /// The stamp of the stretch whose end is in `end_ns`.
     ended: AtomicU64,
+    /// True while a watchdog runs: the loop then also notes when each stretch starts.
+    timed: AtomicBool,
+    /// When the stretch in `stamp` (or the last one) started (clock ns), written by the
+    /// loop thread while `timed`, before it moves `stamp` to that stretch.
+    started_ns: AtomicI64,
     /// The watchdog that may run: every [`Watchdog::spawn`] and every stop moves it on,
     /// and a thread whose generation is not this one exits. (A per-monitor flag would let
     /// a new watchdog revive one that was asked to stop from its own `on_event`.)
@@ -70,14 +76,15 @@ pub struct StallMonitor {
 /// What a [`Watchdog`] reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StallEvent {
-    /// The stretch `stretch` has run for `elapsed` and still runs; the watchdog first saw
-    /// it at `since` (clock ns).
+    /// The stretch `stretch` has run for `elapsed` since `since` (clock ns) and still
+    /// runs.
     Started {
         /// The stretch's stamp (see [`StallMonitor::still_in`]).
         stretch: u64,
-        /// When the watchdog first saw the stretch (clock ns).
+        /// When the stretch started, as the loop noted it (or, for a stretch that began
+        /// before the watchdog, when the watchdog first saw it), clock ns.
         since: i64,
-        /// How long it had run, at least, when the watchdog reported it.
+        /// How long it had run when the watchdog reported it.
         elapsed: Duration,
     },
     /// The stretch reported by the `Started` with the same `stretch` has ended.
@@ -95,11 +102,17 @@ impl StallMonitor {
         Self::default()
     }
 
-    /// Called by the loop thread when it leaves the poller to dispatch.
+    /// Called by the loop thread when it leaves the poller to dispatch. Reads the clock
+    /// only while a watchdog runs.
     #[inline]
     pub fn enter_callbacks(&self) {
         let stamp = self.stamp.load(Ordering::Relaxed);
         if stamp & 1 == 0 {
+            if self.timed.load(Ordering::Relaxed) {
+                // Ordered after the store that left the previous stretch (see `start_of`).
+                fence(Ordering::Release);
+                self.started_ns.store(clock::now_ns(), Ordering::Relaxed);
+            }
             self.stamp.store(stamp + 1, Ordering::Release);
         }
     }
@@ -142,6 +155,17 @@ impl StallMonitor {
     pub fn current_stretch(&self) -> Option<u64> {
         let stamp = self.stamp.load(Ordering::Acquire);
         (stamp & 1 == 1).then_some(stamp)
+    }
+
+    /// When the stretch `stretch` started, if the loop noted it (it does while a watchdog
+    /// runs) after `armed_at` (clock ns; older notes belong to earlier stretches).
+    fn start_of(&self, stretch: u64, armed_at: i64) -> Option<i64> {
+        let started = self.started_ns.load(Ordering::Relaxed);
+        // A note written for a later stretch comes after the loop left this one, so if
+        // the stamp still names this stretch after the read, the note is this stretch's.
+        fence(Ordering::Acquire);
+        let still = self.stamp.load(Ordering::Relaxed) == stretch;
+        (still && started >= armed_at).then_some(started)
     }
 
     /// True while the loop is still in the stretch `stretch`.
@@ -201,12 +225,15 @@ impl StallMonitor {
 
     /// Stops the watchdog of `generation` (no other).
     fn stop_generation(&self, generation: u64) {
-        let _ = self.generation.compare_exchange(
+        let stopped = self.generation.compare_exchange(
             generation,
             generation + 1,
             Ordering::AcqRel,
             Ordering::Relaxed,
         );
+        if stopped.is_ok() {
+            self.timed.store(false, Ordering::Relaxed);
+        }
     }
 }
 
@@ -237,10 +264,12 @@ impl Watchdog {
         let threshold = threshold.max(MIN_INTERVAL);
         let generation = monitor.generation.fetch_add(1, Ordering::AcqRel) + 1;
         monitor.claimed.store(0, Ordering::SeqCst);
+        let armed_at = clock::now_ns();
+        monitor.timed.store(true, Ordering::Relaxed);
         let watched = Arc::clone(&monitor);
         let spawned = std::thread::Builder::new()
             .name("ferroloop-stall".into())
-            .spawn(move || watch(&watched, threshold, generation, &mut on_event));
+            .spawn(move || watch(&watched, threshold, generation, armed_at, &mut on_event));
         let thread = match spawned {
             Ok(thread) => thread,
             Err(err) => {
@@ -317,11 +346,12 @@ fn watch(
     monitor: &StallMonitor,
     threshold: Duration,
     generation: u64,
+    armed_at: i64,
     on_event: &mut dyn FnMut(StallEvent),
 ) {
     let interval = interval_of(threshold);
     let threshold_ns = threshold.as_nanos().min(i64::MAX as u128) as i64;
-    // The busy stretch the last sample saw (0: none) and when it was first seen.
+    // The busy stretch the last sample saw (0: none) and when it started.
     let mut seen = 0u64;
     let mut first_seen = 0i64;
     let mut timeout = interval;
@@ -334,8 +364,7 @@ fn watch(
         let now = clock::now_ns();
         if stretch != seen {
             seen = stretch;
-            first_seen = now;
-            continue;
+            first_seen = monitor.start_of(stretch, armed_at).unwrap_or(now).min(now);
         }
         let elapsed = now.saturating_sub(first_seen);
         if elapsed < threshold_ns {
@@ -478,15 +507,26 @@ mod tests {
     fn short_stretches_and_idle_time_are_never_reported() {
         let monitor = Arc::new(StallMonitor::new());
         let (dog, rx) = spawn_recording(&monitor, Duration::from_millis(30));
+        // A 2 ms sleep that a loaded machine stretches past the threshold is a stall.
+        let mut long_ones = Vec::new();
         let deadline = clock::now_ns() + 200 * MS;
         while clock::now_ns() < deadline {
+            let start = clock::now_ns();
             monitor.enter_callbacks();
+            let stretch = monitor.current_stretch().unwrap();
             std::thread::sleep(Duration::from_millis(2));
             monitor.enter_poller();
+            if clock::now_ns() - start >= 30 * MS {
+                long_ones.push(stretch);
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
         dog.stop();
-        assert!(rx.try_recv().is_err());
+        for event in rx.try_iter() {
+            if let StallEvent::Started { stretch, .. } = event {
+                assert!(long_ones.contains(&stretch), "a short stretch was reported");
+            }
+        }
     }
 
     #[test]
