@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import ferroloop
 import pytest
@@ -358,3 +359,62 @@ def test_a_c_call_holding_the_gil_gets_only_an_end_report_saying_so(floop):
     assert end.ended and not end.captured and end.stack == ()
     assert 2 * BLOCK * 0.9 <= end.duration <= blocked + 1
     assert "could not be taken during the stall" in end.format()
+
+
+def _child_status_within(pid: int, seconds: float) -> int | None:
+    """The child's exit code, or None (after killing it) when it has not exited in time."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return None
+
+
+def _in_forked_child(loop, rec: Recorder) -> int:
+    """What the child checks, as an exit code (0: all good)."""
+    before = _watchdog_threads()
+    loop.stats()
+    # Running the loop starts a watchdog in place of the parent's thread.
+    loop.call_soon(_block_until, rec.event.is_set, 0.2)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    if not rec.ended.wait(10):
+        return 3
+    if [r.ended for r in rec.reports] != [False, True] or not rec.reports[0].captured:
+        return 4
+    if _watchdog_threads() != before + 1:
+        return 5
+    loop.set_stall_handler(THRESHOLD, Recorder())  # replacing it joins the child's thread
+    loop.close()
+    return 0 if _watchdog_threads() == before else 6
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_runs_and_closes_the_loop_with_a_watchdog_of_its_own(guard):
+    loop = ferroloop.new_event_loop()
+    try:
+        rec = Recorder()
+        loop.set_stall_handler(THRESHOLD, rec)
+        deadline = time.monotonic() + 10
+        while not _watchdog_threads() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        with warnings.catch_warnings():
+            # 3.12+: "This process is multi-threaded, use of fork() may lead to deadlocks".
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                status = _in_forked_child(loop, rec)
+            finally:
+                os._exit(status)
+        status = _child_status_within(pid, 60)
+        assert status is not None, "the child hung (joining a watchdog thread it does not have?)"
+        assert status == 0, f"the child failed check {status} (see _in_forked_child)"
+        assert rec.reports == [], "the parent's loop never stalled"
+    finally:
+        loop.close()

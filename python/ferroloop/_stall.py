@@ -1,8 +1,9 @@
 """Stall reports: what held the event loop, told while it is still held.
 
-The Rust run loop stamps "dispatching since T" / "back in the poller" once per
-iteration; a watchdog thread (Rust, without the GIL while it waits) calls `_StallWatch`
-when one stretch of callbacks outlasts the threshold, and again when it ends. The
+The Rust run loop moves a counter on when it leaves and comes back to its poller; a
+watchdog thread (Rust, without the GIL while it waits) samples it on its own clock and
+calls `_StallWatch` when one stretch of callbacks outlasts the threshold, and again when
+it ends. The
 capture here runs on the watchdog thread with the GIL: the loop thread is parked inside
 its callback (it gives the GIL up every switch interval when running Python, at once in
 `time.sleep` or I/O), so its stack is the stack that holds the loop.

@@ -38,7 +38,8 @@ pub fn run_in_context(
     result
 }
 
-/// Calls `callback(*args)` in the current context.
+/// Calls `callback(*args)` in the current context (inlined: it runs once per callback).
+#[inline(always)]
 pub fn call(py: Python<'_>, callback: &Py<PyAny>, args: &Py<PyTuple>) -> PyResult<()> {
     let args = args.bind(py);
     // SAFETY: the GIL is held; callable and arguments are live, owned references; each call

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use ferroloop_core::dns::Resolver;
 use ferroloop_core::poll::{Interest, Poller};
-use ferroloop_core::stall::{StallMonitor, Watchdog};
+use ferroloop_core::stall::StallMonitor;
 use ferroloop_core::timer::TimerHeap;
 use ferroloop_core::waker::Waker;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
@@ -100,7 +100,7 @@ pub struct EventLoop {
     /// The stamp the run loop writes once per iteration for the stall watchdog.
     pub stall: Arc<StallMonitor>,
     /// The stall watchdog thread, while a stall handler is set.
-    pub watchdog: Mutex<Option<Watchdog>>,
+    pub watchdog: Mutex<Option<crate::stall::ActiveWatch>>,
     /// The address of the handle running now (0 between handles), for stall reports.
     /// Written and read only with the GIL held; cleared before the handle can be dropped.
     pub current_handle: AtomicUsize,
@@ -140,11 +140,11 @@ impl EventLoop {
     }
 
     /// Appends a handle to the ready queue.
-    #[inline]
+    #[inline(always)]
     pub fn push_ready(&self, py: Python<'_>, handle: Py<Handle>) {
         let mut state = self.state.borrow_mut(py);
         if state.counters.sample_soon() {
-            handle.get().mark_queued(ferroloop_core::clock::now_ns());
+            crate::stats::stamp_queued(handle.get());
         }
         state.ready.push_back(handle);
     }

@@ -9,7 +9,7 @@
 //! in Python (`call_soon_threadsafe` on 3.14+ returns asyncio's `_ThreadSafeHandle`), whose
 //! callback is that handle's `_run`, which enters the handle's context itself.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pyo3::gc::{PyTraverseError, PyVisit};
@@ -29,14 +29,17 @@ pub struct Handle {
     call: GilCell<Option<Call>>,
     /// The context the callback runs in; `None` only for `Handle::without_context`.
     context: Option<Py<PyAny>>,
-    /// Set by `cancel()`; read by the loop before running the handle.
-    cancelled: AtomicBool,
+    /// [`CANCELLED`], set by `cancel()` and read by the loop before running the handle,
+    /// and below it when `call_soon` queued the handle (clock ns) if the loop sampled it
+    /// for its lag histogram (else 0). One word for both keeps a handle in CPython's
+    /// 96-byte allocation class.
+    status: AtomicU64,
     /// asyncio's `_source_traceback`, filled by the Python layer in debug mode.
     source_traceback: GilCell<Option<Py<PyAny>>>,
-    /// When `call_soon` queued it (clock ns), for the handles the loop samples for its
-    /// lag histogram; 0 for the others.
-    queued_ns: AtomicI64,
 }
+
+/// The bit of `Handle::status` that says `cancel()` was called.
+const CANCELLED: u64 = 1 << 63;
 
 impl Handle {
     /// A handle for `callback(*args)` in `context`, or in a copy of the current context.
@@ -53,9 +56,8 @@ impl Handle {
         Ok(Handle {
             call: GilCell::new(Some((callback, args))),
             context: Some(context),
-            cancelled: AtomicBool::new(false),
+            status: AtomicU64::new(0),
             source_traceback: GilCell::new(None),
-            queued_ns: AtomicI64::new(0),
         })
     }
 
@@ -65,28 +67,31 @@ impl Handle {
         Handle {
             call: GilCell::new(Some((callback, PyTuple::empty(py).unbind()))),
             context: None,
-            cancelled: AtomicBool::new(false),
+            status: AtomicU64::new(0),
             source_traceback: GilCell::new(None),
-            queued_ns: AtomicI64::new(0),
         }
     }
 
     /// Whether `cancel()` was called.
     #[inline]
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Relaxed)
+        self.status.load(Ordering::Relaxed) & CANCELLED != 0
     }
 
-    /// Records when the handle was queued (only sampled handles are stamped).
+    /// Records when the handle was queued (only sampled handles are stamped; `now_ns`, a
+    /// monotonic clock reading, is never negative).
     #[inline]
     pub fn mark_queued(&self, now_ns: i64) {
-        self.queued_ns.store(now_ns, Ordering::Relaxed);
+        self.status
+            .fetch_or(now_ns.max(0) as u64 & !CANCELLED, Ordering::Relaxed);
     }
 
-    /// When the handle was queued, if it was sampled for the lag histogram (else 0).
+    /// When the handle was queued, if it was sampled for the lag histogram (else 0), and
+    /// whether it is cancelled: what the loop reads when it takes the handle off its queue.
     #[inline]
-    pub fn queued_ns(&self) -> i64 {
-        self.queued_ns.load(Ordering::Relaxed)
+    pub fn queued_ns_and_cancelled(&self) -> (i64, bool) {
+        let status = self.status.load(Ordering::Relaxed);
+        ((status & !CANCELLED) as i64, status & CANCELLED != 0)
     }
 
     /// Runs the callback inside its context. A cancelled handle does nothing.
@@ -102,7 +107,7 @@ impl Handle {
     }
 
     fn mark_cancelled(&self, py: Python<'_>) -> bool {
-        if self.cancelled.swap(true, Ordering::Relaxed) {
+        if self.status.fetch_or(CANCELLED, Ordering::Relaxed) & CANCELLED != 0 {
             return false;
         }
         // Taken out of the cell first: dropping the callback may run arbitrary Python code.

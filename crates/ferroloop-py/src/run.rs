@@ -35,6 +35,7 @@ impl EventLoop {
     /// running-loop registration and async-generator hooks.
     fn _run_forever_core(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
+        this.restart_orphaned_watchdog(slf.py())?;
         this.running.store(true, Ordering::Relaxed);
         this.state.borrow_mut(slf.py()).counters.busy_started = clock::now_ns();
         let mut events = Events::new();
@@ -59,9 +60,10 @@ fn run_once(slf: &Bound<'_, EventLoop>, events: &mut Events) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
     // Back at the poller: the stall watchdog sees one stamp per iteration on each side of
-    // the poll, never one per callback. The clock is read once per iteration, after the
-    // poll (and before it only when the loop sleeps). A replaced `loop.time` is asked
-    // instead for the timers (asyncio's loop reads its clock through `self.time()`).
+    // the poll, never one per callback, and no clock read. The clock is read after the
+    // poll only when the loop slept or has timers (and before it only when it sleeps). A
+    // replaced `loop.time` is asked instead for the timers (asyncio's loop reads its
+    // clock through `self.time()`).
     this.stall.enter_poller();
     let python_clock = this.python_clock.load(Ordering::Relaxed);
     let loop_now = if python_clock {
@@ -82,8 +84,7 @@ fn run_once(slf: &Bound<'_, EventLoop>, events: &mut Events) -> PyResult<()> {
             (collect(py, outcome)?, Some(since))
         }
     };
-    let woke_at = clock::now_ns();
-    this.stall.enter_callbacks(woke_at);
+    this.stall.enter_callbacks();
     if polled {
         dispatch_io(py, this, events);
     }
@@ -91,11 +92,11 @@ fn run_once(slf: &Bound<'_, EventLoop>, events: &mut Events) -> PyResult<()> {
         crate::dns::deliver_answers(slf)?;
     }
     let timers_now = if python_clock {
-        EventLoop::now_ns(slf)?
+        Some(EventLoop::now_ns(slf)?)
     } else {
-        woke_at
+        None
     };
-    move_due_timers(py, this, slept_at, woke_at, timers_now);
+    move_due_timers(py, this, slept_at, timers_now);
     run_ready(slf)
 }
 
@@ -193,23 +194,20 @@ fn dispatch_io(py: Python<'_>, this: &EventLoop, events: &Events) {
     drop(stale);
 }
 
-/// Moves every timer due within the clock's resolution of `now` to the ready queue,
-/// dropping cancelled ones; compacts the heap when cancelled timers dominate it. `now` is
-/// the loop's clock when the poller returned (asyncio reads it there too); `woke_at` the
-/// monotonic clock then, and `slept_at` when the loop went to sleep in the poller, if it
-/// did (for the counters).
-fn move_due_timers(
-    py: Python<'_>,
-    this: &EventLoop,
-    slept_at: Option<i64>,
-    woke_at: i64,
-    now: i64,
-) {
+/// Moves every timer due within the clock's resolution of the loop's time to the ready
+/// queue, dropping cancelled ones; compacts the heap when cancelled timers dominate it.
+/// `loop_now` is the loop's time when the poller returned if `time` is replaced (None: the
+/// monotonic clock, read here, once, only when the loop slept or has timers); `slept_at`
+/// when the loop went to sleep in the poller, if it did (for the counters).
+fn move_due_timers(py: Python<'_>, this: &EventLoop, slept_at: Option<i64>, loop_now: Option<i64>) {
     let mut dead: Vec<Py<TimerHandle>> = Vec::new();
     {
         let mut state = this.state.borrow_mut(py);
+        let mut woke_at = None;
         if let Some(slept_at) = slept_at {
-            state.counters.end_sleep(slept_at, woke_at);
+            let now = clock::now_ns();
+            state.counters.end_sleep(slept_at, now);
+            woke_at = Some(now);
         }
         if state.timers.should_compact() {
             dead = state
@@ -224,6 +222,7 @@ fn move_due_timers(
             drop(dead);
             return;
         }
+        let now = loop_now.or(woke_at).unwrap_or_else(clock::now_ns);
         let end = now.saturating_add(this.clock_resolution_ns);
         while let Some((deadline, _)) = state.timers.peek() {
             if deadline >= end {
@@ -254,21 +253,20 @@ fn run_ready(slf: &Bound<'_, EventLoop>) -> PyResult<()> {
     let this = slf.get();
     let count = this.state.borrow_mut(py).ready.len();
     for _ in 0..count {
-        let handle = {
+        let (handle, cancelled) = {
             let mut state = this.state.borrow_mut(py);
             let Some(handle) = state.ready.pop_front() else {
                 break;
             };
             state.counters.popped += 1;
-            let queued = handle.get().queued_ns();
+            let (queued, cancelled) = handle.get().queued_ns_and_cancelled();
             if queued != 0 {
-                let lag = clock::now_ns().saturating_sub(queued).max(0) as u64;
-                state.counters.lag.record(lag);
+                state.counters.record_lag(queued);
             }
-            handle
+            (handle, cancelled)
         };
         let h = handle.get();
-        if h.is_cancelled() {
+        if cancelled {
             this.state.borrow_mut(py).counters.skipped += 1;
             continue;
         }

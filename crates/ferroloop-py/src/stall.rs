@@ -8,17 +8,28 @@
 //! interval, and `time.sleep` or I/O gives it up at once, so the capture happens while the
 //! loop is still stuck; a C call that keeps the GIL delays it until the stall is over,
 //! which the callback is told (`live` false).
+//!
+//! After `os.fork()` the child has the loop but not the watchdog's thread: stopping it
+//! there only forgets it, and the next `run_forever` in the child starts a new one with
+//! the same threshold and callback.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferroloop_core::clock;
-use ferroloop_core::stall::{StallEvent, Watchdog};
+use ferroloop_core::stall::{StallEvent, StallMonitor, Watchdog};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::event_loop::EventLoop;
+
+/// A running watchdog and what it was started with (to start it again in a forked child).
+pub struct ActiveWatch {
+    watchdog: Watchdog,
+    threshold: Duration,
+    callback: Py<PyAny>,
+}
 
 impl EventLoop {
     /// Stops the watchdog, if any, and waits for its thread with the GIL released (the
@@ -30,9 +41,65 @@ impl EventLoop {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(old) = old {
-            py.detach(|| old.stop());
+            py.detach(|| old.watchdog.stop());
         }
     }
+
+    /// In a child forked while a watchdog ran: starts a new one in place of the thread
+    /// the child does not have. Called when the loop starts running.
+    pub fn restart_orphaned_watchdog(&self, py: Python<'_>) -> PyResult<()> {
+        let mut slot = self.watchdog.lock().unwrap_or_else(|e| e.into_inner());
+        if !slot.as_ref().is_some_and(|w| w.watchdog.is_orphaned()) {
+            return Ok(());
+        }
+        let Some(old) = slot.take() else {
+            return Ok(());
+        };
+        old.watchdog.stop();
+        *slot = Some(start(py, &self.stall, old.threshold, old.callback)?);
+        Ok(())
+    }
+}
+
+/// Starts a watchdog on `monitor` that calls `callback` (see `_set_stall_watch`).
+fn start(
+    py: Python<'_>,
+    monitor: &Arc<StallMonitor>,
+    threshold: Duration,
+    callback: Py<PyAny>,
+) -> PyResult<ActiveWatch> {
+    let watched = Arc::clone(monitor);
+    let to_call = callback.clone_ref(py);
+    let on_event = move |event: StallEvent| {
+        // Never attaches to an interpreter that is shutting down.
+        Python::try_attach(|py| {
+            let args = match event {
+                StallEvent::Started {
+                    stretch,
+                    since,
+                    elapsed,
+                } => {
+                    let live = watched.still_in(stretch);
+                    let seconds = if live {
+                        clock::ns_to_secs(clock::now_ns() - since)
+                    } else {
+                        elapsed.as_secs_f64()
+                    };
+                    ("start", seconds, live)
+                }
+                StallEvent::Ended { duration, .. } => ("end", duration.as_secs_f64(), true),
+            };
+            if let Err(err) = to_call.call1(py, args) {
+                err.write_unraisable(py, None);
+            }
+        });
+    };
+    let watchdog = Watchdog::spawn(Arc::clone(monitor), threshold, on_event)?;
+    Ok(ActiveWatch {
+        watchdog,
+        threshold,
+        callback,
+    })
 }
 
 #[pymethods]
@@ -59,33 +126,13 @@ impl EventLoop {
             )));
         }
         self.ensure_open()?;
-        let monitor = Arc::clone(&self.stall);
-        let on_event = move |event: StallEvent| {
-            // Never attaches to an interpreter that is shutting down.
-            Python::try_attach(|py| {
-                let args = match event {
-                    StallEvent::Started { since, elapsed } => {
-                        let live = monitor.still_in(since);
-                        let seconds = if live {
-                            clock::ns_to_secs(clock::now_ns() - since)
-                        } else {
-                            elapsed.as_secs_f64()
-                        };
-                        ("start", seconds, live)
-                    }
-                    StallEvent::Ended { duration, .. } => ("end", duration.as_secs_f64(), true),
-                };
-                if let Err(err) = callback.call1(py, args) {
-                    err.write_unraisable(py, None);
-                }
-            });
-        };
-        let watchdog = Watchdog::spawn(
-            Arc::clone(&self.stall),
+        let watch = start(
+            py,
+            &self.stall,
             Duration::from_secs_f64(threshold),
-            on_event,
+            callback,
         )?;
-        *self.watchdog.lock().unwrap_or_else(|e| e.into_inner()) = Some(watchdog);
+        *self.watchdog.lock().unwrap_or_else(|e| e.into_inner()) = Some(watch);
         Ok(())
     }
 

@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::event_loop::EventLoop;
+use crate::handle::Handle;
 
 /// One `call_soon` in this many is stamped for the lag histogram (a power of two).
 pub const LAG_SAMPLE_EVERY: u64 = 64;
@@ -55,6 +56,16 @@ impl Counters {
         self.soon & (LAG_SAMPLE_EVERY - 1) == 0
     }
 
+    /// Records the lag of a handle stamped when it was queued at `queued` (clock ns).
+    #[cold]
+    #[inline(never)]
+    pub fn record_lag(&mut self, queued: i64) {
+        let lag = ferroloop_core::clock::now_ns()
+            .saturating_sub(queued)
+            .max(0) as u64;
+        self.lag.record(lag);
+    }
+
     /// Accounts the work up to `now` (clock ns), when the loop goes to sleep.
     #[inline]
     pub fn start_sleep(&mut self, now: i64) {
@@ -77,6 +88,14 @@ impl Counters {
         }
         self.busy_started = 0;
     }
+}
+
+/// Stamps a handle `call_soon` sampled for the lag histogram with the time it was queued
+/// (out of line: one `call_soon` in [`LAG_SAMPLE_EVERY`] comes here).
+#[cold]
+#[inline(never)]
+pub fn stamp_queued(handle: &Handle) {
+    handle.mark_queued(ferroloop_core::clock::now_ns());
 }
 
 /// Kinds of transport counted in [`IoStats::open`].
