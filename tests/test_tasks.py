@@ -169,6 +169,27 @@ def test_task_factory_get_and_set(loop):
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="create_task(context=) is new in 3.11")
+def test_task_factory_assigned_to_the_private_attribute_is_used(loop):
+    # asyncio's create_task reads `self._task_factory`; libraries assign it directly.
+    made = []
+
+    def factory(loop_arg, coro, **kwargs):
+        made.append(coro)
+        return asyncio.Task(coro, loop=loop_arg, **kwargs)
+
+    async def main():
+        return 7
+
+    loop._task_factory = factory
+    assert loop.get_task_factory() is factory
+    assert loop.run_until_complete(loop.create_task(main())) == 7
+    assert len(made) == 1
+    loop._task_factory = None
+    assert loop.get_task_factory() is None
+    assert loop.run_until_complete(loop.create_task(main())) == 7
+    assert len(made) == 1
+
+
 def test_task_factory_receives_context_when_given(loop):
     received = []
 

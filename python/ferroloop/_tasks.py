@@ -13,9 +13,8 @@ _ALWAYS_SET_NAME = sys.version_info >= (3, 13)
 
 
 class TasksMixin:
-    """create_future, create_task and the task factory."""
-
-    _task_factory = None
+    """create_future, create_task and the task factory (kept by the Rust loop as
+    `_task_factory`, which its `create_task` reads)."""
 
     def create_future(self):
         """A new asyncio.Future attached to this loop."""

@@ -38,6 +38,25 @@ fn check_keywords(kwargs: &Bound<'_, PyDict>) -> PyResult<()> {
 
 #[pymethods]
 impl EventLoop {
+    /// The task factory (asyncio's attribute of the same name), or None.
+    #[getter(_task_factory)]
+    fn task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.task_factory
+            .borrow_mut(py)
+            .as_ref()
+            .map(|f| f.clone_ref(py))
+    }
+
+    /// Sets the task factory without `set_task_factory()`'s check, as assigning asyncio's
+    /// attribute does (None: `asyncio.Task`).
+    #[setter(_task_factory)]
+    fn set_task_factory_attr(&self, py: Python<'_>, factory: Py<PyAny>) {
+        let factory = (!factory.is_none(py)).then_some(factory);
+        // The old factory is dropped after the borrow ends: its `__del__` may re-enter.
+        let old = std::mem::replace(&mut *self.task_factory.borrow_mut(py), factory);
+        drop(old);
+    }
+
     /// Wraps `coro` in a Task (or the task factory's result) scheduled on this loop.
     #[pyo3(signature = (coro, **kwargs))]
     fn create_task(
@@ -49,7 +68,7 @@ impl EventLoop {
         if let Some(kwargs) = kwargs.filter(|_| !passes_any_keyword(py)) {
             check_keywords(kwargs)?;
         }
-        if !slf.getattr(intern!(py, "_task_factory"))?.is_none() {
+        if slf.get().task_factory.borrow_mut(py).is_some() {
             return Ok(slf
                 .call_method(intern!(py, "_create_task_slow"), (coro,), kwargs)?
                 .unbind());
