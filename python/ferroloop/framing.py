@@ -33,7 +33,6 @@ import asyncio
 import collections
 
 from ._core import FrameSplitter
-from ._stream import SocketTransport
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -281,15 +280,9 @@ class FramedTransport(asyncio.Transport):
 
 
 def _writer_of(transport):
-    """`transport.write`; for ferroloop's socket transport (its write not replaced on the
-    instance) the Rust core's write itself, one call less per frame."""
-    if (
-        type(transport) is SocketTransport
-        and "write" not in transport.__dict__
-        and type(transport).write is SocketTransport.write
-    ):
-        return transport._core.write
-    return getattr(transport, "write", None)  # None: a read pipe
+    """`transport.write` (on ferroloop's socket transport, unless replaced on the
+    instance, the Rust core's own write), or None for a read pipe."""
+    return getattr(transport, "write", None)
 
 
 class ChunkProtocol(asyncio.Protocol):
