@@ -22,6 +22,32 @@ def test_create_future_returns_an_asyncio_future_bound_to_the_loop(loop):
     assert loop.run_until_complete(fut) == 5
 
 
+def test_create_future_uses_asyncio_futures_future_as_it_is_now(loop, monkeypatch):
+    # asyncio looks `futures.Future` up on every call; tests replace it.
+    class Recorded(asyncio.Future):
+        pass
+
+    monkeypatch.setattr(asyncio.futures, "Future", Recorded)
+    fut = loop.create_future()
+    assert type(fut) is Recorded
+    assert fut.get_loop() is loop
+    monkeypatch.undo()
+    assert type(loop.create_future()) is asyncio.Future
+
+
+def test_create_future_in_debug_mode_records_the_caller(loop):
+    loop.set_debug(True)
+
+    def make_here():
+        return loop.create_future()
+
+    fut = make_here()
+    # asyncio's traceback ends with its own create_future frame, ferroloop's at the caller.
+    assert "make_here" in [frame.name for frame in fut._source_traceback[-2:]]
+    fut.cancel()
+    loop.set_debug(False)
+
+
 def test_future_done_callbacks_run_via_the_loop(loop):
     fut = loop.create_future()
     calls = []
@@ -165,6 +191,27 @@ def test_task_factory_get_and_set(loop):
     assert loop.get_task_factory() is None
     loop.run_until_complete(main())
     assert len(created) == 1
+
+
+def test_task_factory_assigned_to_the_private_attribute_is_used(loop):
+    # asyncio's create_task reads `self._task_factory`; libraries assign it directly.
+    made = []
+
+    def factory(loop_arg, coro, **kwargs):
+        made.append(coro)
+        return asyncio.Task(coro, loop=loop_arg, **kwargs)
+
+    async def main():
+        return 7
+
+    loop._task_factory = factory
+    assert loop.get_task_factory() is factory
+    assert loop.run_until_complete(loop.create_task(main())) == 7
+    assert len(made) == 1
+    loop._task_factory = None
+    assert loop.get_task_factory() is None
+    assert loop.run_until_complete(loop.create_task(main())) == 7
+    assert len(made) == 1
 
 
 def test_task_factory_receives_context_when_given(loop):

@@ -58,6 +58,42 @@ def test_stream_transport_methods_can_be_replaced(loop):
     loop.run_until_complete(main())
 
 
+def test_stream_transport_method_replaced_then_restored(loop):
+    # mock.patch.object and wrappers that undo themselves: after the instance attribute is
+    # gone or put back, the transport's own write works again.
+    from unittest import mock
+
+    received = bytearray()
+    accepted = []
+
+    class Sink(asyncio.Protocol):
+        def connection_made(self, transport):
+            accepted.append(transport)
+
+        def data_received(self, data):
+            received.extend(data)
+
+    async def main():
+        server = await loop.create_server(Sink, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        with mock.patch.object(transport, "write") as patched:
+            transport.write(b"lost")
+            patched.assert_called_once_with(b"lost")
+        assert not transport.is_closing()
+        transport.write(b"one ")
+        transport.write = lambda data: None
+        del transport.write
+        transport.write(b"two")
+        await asyncio.wait_for(_until(lambda: received == b"one two"), 5)
+        transport.close()
+        accepted[0].close()
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
 def test_datagram_transport_methods_can_be_replaced(loop):
     async def main():
         receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

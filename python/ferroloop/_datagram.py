@@ -18,7 +18,7 @@ from asyncio import trsock
 
 from ._core import DatagramCore
 from ._offload import run_off_loop
-from ._transport_base import SocketTransportBase, finish_waiter
+from ._transport_base import SocketTransportBase, bind_to_core, finish_waiter
 
 logger = logging.getLogger("asyncio")
 
@@ -63,6 +63,7 @@ class DatagramTransport(SocketTransportBase, asyncio.Transport, asyncio.Datagram
             _HEADER_SIZE,
             _SEND_EMPTY,
         )
+        bind_to_core(self, ("sendto",))
         loop._transports[sock.fileno()] = self
 
     @property

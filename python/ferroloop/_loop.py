@@ -105,10 +105,6 @@ class Loop(
         if name == "time":
             self._use_python_clock(type(self).time is not _core.Loop.time)
 
-    def get_debug(self):
-        """What the last set_debug() was given (asyncio does not turn it into a bool)."""
-        return self._debug_given
-
     def add_reader(self, fd, callback, *args):
         """Calls `callback(*args)` whenever `fd` is readable (level-triggered)."""
         self._ensure_fd_no_transport(fd)

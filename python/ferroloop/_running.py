@@ -86,9 +86,8 @@ class RunningMixin:
 
     def set_debug(self, enabled):
         """Turns debug mode on or off."""
-        self._set_debug_flag(bool(enabled))
         # get_debug() returns what was given, as asyncio's does (set_debug(None) -> None).
-        self._debug_given = enabled
+        self._set_debug_flag(bool(enabled), enabled)
         if self.is_running():
             self.call_soon_threadsafe(self._set_coroutine_origin_tracking, bool(enabled))
 

@@ -15,7 +15,7 @@ import sys
 from asyncio import constants, trsock
 
 from ._core import StreamCore
-from ._transport_base import SocketTransportBase, finish_waiter
+from ._transport_base import SocketTransportBase, bind_to_core, finish_waiter
 
 # Python 3.15: a socket transport runs all its callbacks (connection_made, data_received,
 # connection_lost, ...) in one context: the one current when it was made, or for a
@@ -23,6 +23,10 @@ from ._transport_base import SocketTransportBase, finish_waiter
 # resume_reading() does not leak into them (gh-140947). Before 3.15 each callback runs in
 # a copy of the context current when it was scheduled, as in asyncio.
 _ONE_CONTEXT = sys.version_info >= (3, 15)
+
+# Called per message by protocols and streams (StreamWriter.write/drain, StreamReader's
+# flow control, websockets' send_data): bound straight to the core (see bind_to_core).
+_BOUND_TO_CORE = ("write", "writelines", "is_closing", "pause_reading", "resume_reading")
 
 
 def _set_nodelay(sock):
@@ -61,6 +65,7 @@ class SocketTransport(SocketTransportBase, asyncio.Transport):
         super().__init__(_extra_for(sock, extra))
         self._loop = loop
         self._core = StreamCore(loop, sock, protocol, self, server, context)
+        bind_to_core(self, _BOUND_TO_CORE)
         _set_nodelay(sock)
         if server is not None:
             server._attach(self)

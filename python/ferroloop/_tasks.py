@@ -1,9 +1,9 @@
-"""Futures and tasks: CPython's own asyncio.Future and asyncio.Task, bound to this loop."""
+"""Tasks made by a task factory (`create_future` and the common `create_task` are Rust
+methods of `_core.Loop`, in `tasks.rs`)."""
 
 from __future__ import annotations
 
 import sys
-from asyncio import futures
 
 # 3.14 hands a task factory every keyword create_task was given, as given.
 _FACTORY_GETS_ALL_KEYWORDS = sys.version_info >= (3, 14)
@@ -13,13 +13,8 @@ _ALWAYS_SET_NAME = sys.version_info >= (3, 13)
 
 
 class TasksMixin:
-    """create_future, create_task and the task factory."""
-
-    _task_factory = None
-
-    def create_future(self):
-        """A new asyncio.Future attached to this loop."""
-        return futures.Future(loop=self)
+    """The task factory (kept by the Rust loop as `_task_factory`, which its
+    `create_task` reads) and `create_task` with one."""
 
     def _create_task_slow(self, coro, **kwargs):
         """`create_task` with a task factory (the Rust `create_task`, which has checked

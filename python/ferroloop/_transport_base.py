@@ -7,12 +7,26 @@ asyncio base class so their methods replace asyncio's abstract ones. They declar
 `__slots__`, so the transports keep their own layout. Every concrete transport has an
 instance `__dict__` all the same: applications and test suites set attributes and replace
 methods (`transport.write = wrapper`) on the instance, as asyncio's transports allow.
+
+The methods called once per message (`write`, `is_closing`, ...) are in that `__dict__`
+from the start, bound to the core (`bind_to_core`): a call goes straight to Rust instead
+of through a Python method that calls the core (~60 ns less per call on 3.11). The class
+keeps its delegating method of the same name, for `type(transport).write(transport, d)`.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+
+
+def bind_to_core(transport, names):
+    """Makes the core's own methods `names` instance attributes of `transport`. They stay
+    replaceable on the instance like any attribute (`transport.write = wrapper`)."""
+    core = transport._core
+    attributes = transport.__dict__
+    for name in names:
+        attributes[name] = getattr(core, name)
 
 
 def finish_waiter(waiter):

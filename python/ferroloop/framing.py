@@ -284,17 +284,16 @@ class FramedTransport(asyncio.Transport):
 
 def _writers_of(transport):
     """`(write, writelines, core)`: the transport's `write` and `writelines`, and the Rust
-    core of ferroloop's socket transport (its write methods not replaced on the
-    instance), whose own write is then one call less per frame and which takes the
-    vectored writes of `write_chunks` directly. `write` is None for a read pipe."""
-    if (
-        type(transport) is SocketTransport
-        and "write" not in transport.__dict__
-        and "writelines" not in transport.__dict__
-    ):
+    core of ferroloop's socket transport when both are still the core's own (bound on the
+    instance, not replaced), which then takes the vectored writes of `write_chunks`
+    directly. `write` is None for a read pipe."""
+    write = getattr(transport, "write", None)
+    writelines = getattr(transport, "writelines", None)
+    if type(transport) is SocketTransport:
         core = transport._core
-        return core.write, None, core
-    return getattr(transport, "write", None), getattr(transport, "writelines", None), None
+        if write == core.write and writelines == core.writelines:
+            return write, None, core
+    return write, writelines, None
 
 
 def _close_at_once(transport):

@@ -21,7 +21,7 @@ use ferroloop_core::waker::Waker;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
-use pyo3::types::{PyFloat, PyInt, PyTuple};
+use pyo3::types::{PyBool, PyFloat, PyInt, PyTuple};
 
 use crate::gil_cell::GilCell;
 use crate::handle::{Handle, TimerHandle};
@@ -80,7 +80,15 @@ pub struct EventLoop {
     /// Set by `stop()`; the run loop finishes its iteration and returns.
     pub stopping: AtomicBool,
     pub running: AtomicBool,
+    /// Whether debug mode is on: the truth of what `set_debug()` was last given.
     pub debug: AtomicBool,
+    /// What `set_debug()` was last given, returned as is by `get_debug()` (asyncio does not
+    /// turn it into a bool); `None` until the first `set_debug()`. Read on every future
+    /// and task creation (CPython's C Future asks `loop.get_debug()`), hence kept here.
+    debug_given: GilCell<Option<Py<PyAny>>>,
+    /// `set_task_factory()`'s factory (asyncio's `_task_factory`); `None` for none.
+    /// `create_task` reads it on every call.
+    pub task_factory: GilCell<Option<Py<PyAny>>>,
     /// True while the run loop waits in the poller with the GIL released. Set and cleared
     /// by the loop thread while it holds the GIL; `call_soon_threadsafe` (which holds the
     /// GIL too) wakes the poller only when it is set, so a wake is never lost and never
@@ -241,6 +249,8 @@ impl EventLoop {
             stopping: AtomicBool::new(false),
             running: AtomicBool::new(false),
             debug: AtomicBool::new(false),
+            debug_given: GilCell::new(None),
+            task_factory: GilCell::new(None),
             polling: AtomicBool::new(false),
             dns_pending: Arc::new(AtomicBool::new(false)),
             dns_waker: Arc::new(Mutex::new(Some(waker))),
@@ -366,13 +376,24 @@ impl EventLoop {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
-    /// Whether debug mode is on (cheap: asyncio's C Future asks on every creation).
-    fn get_debug(&self) -> bool {
-        self.debug.load(Ordering::Relaxed)
+    /// What the last `set_debug()` was given (cheap: asyncio's C Future asks on every
+    /// creation).
+    fn get_debug(&self, py: Python<'_>) -> Py<PyAny> {
+        match &*self.debug_given.borrow_mut(py) {
+            Some(given) => given.clone_ref(py),
+            None => PyBool::new(py, self.debug.load(Ordering::Relaxed))
+                .to_owned()
+                .into_any()
+                .unbind(),
+        }
     }
 
-    fn _set_debug_flag(&self, enabled: bool) {
+    /// Records `set_debug(given)`: debug mode is on when `enabled` (the truth of `given`).
+    fn _set_debug_flag(&self, py: Python<'_>, enabled: bool, given: Py<PyAny>) {
         self.debug.store(enabled, Ordering::Relaxed);
+        // The old value is dropped after the borrow ends: its `__del__` may re-enter.
+        let old = self.debug_given.borrow_mut(py).replace(given);
+        drop(old);
     }
 
     /// Callbacks taking longer than this (seconds) are logged in debug mode.
@@ -427,6 +448,11 @@ impl EventLoop {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for slot in [&self.debug_given, &self.task_factory] {
+            if let Some(held) = slot.try_borrow_in_gc() {
+                visit.call(&*held)?;
+            }
+        }
         let Some(state) = self.state.try_borrow_in_gc() else {
             return Ok(());
         };
@@ -456,6 +482,9 @@ impl EventLoop {
             )
         });
         drop(released);
+        let held = [&self.debug_given, &self.task_factory]
+            .map(|slot| slot.try_borrow_in_gc().and_then(|mut held| held.take()));
+        drop(held);
     }
 }
 
