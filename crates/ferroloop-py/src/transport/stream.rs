@@ -40,7 +40,7 @@ use super::lifecycle::{
     clone_of, socket_lifecycle_pymethods, transport_core, write_flow_pymethods, FlowControl,
     Lifecycle, SocketLifecycle, TransportCore, WriteFlow,
 };
-use super::write_buffer::{send, would_block, WriteBuffer};
+use super::write_buffer::{send_vectored, would_block, WriteBuffer};
 use crate::errors::os_error;
 use crate::framing::{splitter_of, FrameSplitter};
 use crate::gil_cell::GilCell;
@@ -48,6 +48,10 @@ use crate::stats::{IoStats, OpenTransport, TransportKind};
 
 /// Bytes one `recv` asks for at most (asyncio's `max_size`).
 const MAX_READ_SIZE: usize = 256 * 1024;
+
+/// Buffers one `write`/`writelines` hands to a single `sendmsg` at most (well under the
+/// kernel's `IOV_MAX`); the rest is queued and goes out with the writer watch.
+const MAX_SEND_SLICES: usize = 64;
 
 thread_local! {
     /// One read buffer per loop thread: reads never nest, and the bytes are copied out
@@ -285,13 +289,81 @@ fn classify(n: isize, ok: impl FnOnce(usize) -> ReadOutcome) -> ReadOutcome {
     }
 }
 
-/// The bytes of a `write()` argument: `bytes` is kept by reference, anything else copied.
-/// A memoryview that is not C-contiguous is `Strided`: `socket.send` refuses it, so
-/// asyncio's `write()` fails with a `BufferError` instead of sending its bytes.
+/// The bytes of a `write()` argument: `bytes` is kept by reference; a `bytearray` or a
+/// C-contiguous `memoryview` is read in place while the call lasts, and only what the
+/// socket does not take at once is copied. A memoryview that is not C-contiguous is
+/// `Strided`: `socket.send` refuses it, so asyncio's `write()` fails with a `BufferError`
+/// instead of sending its bytes.
 enum Payload {
     Shared(Py<PyBytes>),
-    Copied(Vec<u8>),
+    Exported(ExportedBuffer),
     Strided { empty: bool },
+}
+
+impl Payload {
+    /// The bytes to send (none for a strided view, which is never sent).
+    fn bytes<'a>(&'a self, py: Python<'a>) -> &'a [u8] {
+        match self {
+            Payload::Shared(b) => b.as_bytes(py),
+            Payload::Exported(view) => view.as_slice(),
+            Payload::Strided { .. } => &[],
+        }
+    }
+}
+
+/// What `write()`/`writelines()` leave to the queue once the socket took `sent` bytes:
+/// `bytes` objects by reference (the first one possibly started), other buffers copied.
+/// Made before any call into Python, so no export outlives the send.
+struct Unsent {
+    started: Option<(Py<PyBytes>, usize)>,
+    rest: Vec<Unsent1>,
+}
+
+enum Unsent1 {
+    Shared(Py<PyBytes>),
+    Owned(Vec<u8>),
+}
+
+impl Unsent {
+    fn after(py: Python<'_>, payloads: Vec<Payload>, mut sent: usize) -> Unsent {
+        let mut unsent = Unsent {
+            started: None,
+            rest: Vec::new(),
+        };
+        for payload in payloads {
+            let len = payload.bytes(py).len();
+            if sent >= len {
+                sent -= len;
+                continue;
+            }
+            match payload {
+                Payload::Shared(b) if sent > 0 => unsent.started = Some((b, sent)),
+                Payload::Shared(b) => unsent.rest.push(Unsent1::Shared(b)),
+                Payload::Exported(view) => unsent
+                    .rest
+                    .push(Unsent1::Owned(view.as_slice()[sent..].to_vec())),
+                Payload::Strided { .. } => {}
+            }
+            sent = 0;
+        }
+        unsent
+    }
+
+    fn queue(self, py: Python<'_>, buffer: &mut WriteBuffer) {
+        if let Some((b, sent)) = self.started {
+            let total = b.as_bytes(py).len();
+            buffer.push_shared_tail(py, b, total, sent);
+        }
+        for piece in self.rest {
+            match piece {
+                Unsent1::Shared(b) => {
+                    let len = b.as_bytes(py).len();
+                    buffer.push_shared(b, len);
+                }
+                Unsent1::Owned(v) => buffer.push_owned(v),
+            }
+        }
+    }
 }
 
 /// The error `socket.send` raises for a memoryview that is not C-contiguous.
@@ -320,13 +392,7 @@ fn payload(data: &Bound<'_, PyAny>) -> PyResult<Payload> {
         });
     }
     if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-        let copy = data
-            .py()
-            .import("builtins")?
-            .getattr("bytes")?
-            .call1((data,))?;
-        let copy = copy.cast_into::<PyBytes>()?;
-        return Ok(Payload::Copied(copy.as_bytes().to_vec()));
+        return Ok(Payload::Exported(ExportedBuffer::readable(data)?));
     }
     Err(not_a_buffer_error(data))
 }
@@ -489,7 +555,7 @@ impl StreamCore {
         let py = slf.py();
         let this = slf.get();
         let payload = payload(data)?;
-        let (queue_empty, conn_lost, corked) = {
+        let (queue_empty, conn_lost) = {
             let state = this.state.borrow_mut(py);
             if state.eof {
                 return Err(PyRuntimeError::new_err(
@@ -501,89 +567,37 @@ impl StreamCore {
                     "unable to write; sendfile is in progress",
                 ));
             }
-            (
-                state.buffer.is_empty(),
-                state.lifecycle.conn_lost,
-                state.cork.is_some(),
-            )
+            (state.buffer.is_empty(), state.lifecycle.conn_lost)
         };
-        let bytes: &[u8] = match &payload {
-            Payload::Shared(b) => b.bind(py).as_bytes(),
-            Payload::Copied(v) => v,
-            Payload::Strided { empty: true } => return Ok(()),
-            Payload::Strided { empty: false } => {
-                if conn_lost > 0 {
-                    return this.count_lost_write(py, conn_lost);
-                }
-                if !queue_empty && !queues_views(py) {
-                    // asyncio 3.11 extends its bytearray queue with it, which fails.
-                    return Err(PyTypeError::new_err(
-                        "can't set bytearray slice from memoryview",
-                    ));
-                }
-                // asyncio's send() (3.12+: its sendmsg() of the queue) fails with it.
-                return Self::fatal_error(
-                    slf,
-                    strided_error(),
-                    "Fatal write error on socket transport",
-                );
-            }
-        };
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        if conn_lost > 0 {
-            return this.count_lost_write(py, conn_lost);
-        }
-        if corked {
-            let mut state = this.state.borrow_mut(py);
-            match &payload {
-                Payload::Shared(b) => state.buffer.push_shared(b.clone_ref(py), bytes.len()),
-                Payload::Copied(v) => state.buffer.push_copy(v),
-                Payload::Strided { .. } => {} // answered above, before any queueing
-            }
-            return Ok(());
-        }
-        let mut sent = 0;
-        if queue_empty {
-            match send(this.fd, bytes) {
-                Ok(n) => {
-                    sent = n;
-                    this.count_written(n);
-                }
-                Err(err) if would_block(&err) => {}
-                Err(err) => {
-                    return Self::fatal_error(
-                        slf,
-                        os_error(err),
-                        "Fatal write error on socket transport",
-                    );
-                }
-            }
-            if sent == bytes.len() {
+        if let Payload::Strided { empty } = payload {
+            if empty {
                 return Ok(());
             }
-            // Before queueing, as asyncio does: when the loop refuses the watch (it is
-            // closed), nothing stays queued that would never be sent, and the next
-            // write() tries again and raises again.
-            Self::watch(slf, intern!(py, "_add_writer"), "_write_ready")?;
-        }
-        {
-            let mut state = this.state.borrow_mut(py);
-            match &payload {
-                Payload::Shared(b) if sent == 0 => {
-                    state.buffer.push_shared(b.clone_ref(py), bytes.len())
-                }
-                _ => state.buffer.push_copy(&bytes[sent..]),
+            if conn_lost > 0 {
+                return this.count_lost_write(py, conn_lost);
             }
+            if !queue_empty && !queues_views(py) {
+                // asyncio 3.11 extends its bytearray queue with it, which fails.
+                return Err(PyTypeError::new_err(
+                    "can't set bytearray slice from memoryview",
+                ));
+            }
+            // asyncio's send() (3.12+: its sendmsg() of the queue) fails with it.
+            return Self::fatal_error(
+                slf,
+                strided_error(),
+                "Fatal write error on socket transport",
+            );
         }
-        this.maybe_pause_protocol(py)
+        Self::send_or_queue(slf, vec![payload])
     }
 
     /// Writes every buffer of `list_of_data`, flushing them together.
     ///
     /// Python 3.11's asyncio writes `b''.join(list_of_data)` (so its errors are `join`'s);
-    /// 3.12+ checks its own state first and takes each item as a memoryview.
+    /// 3.12+ checks its own state first and takes each item as a memoryview. Here the
+    /// buffers go out with one `sendmsg` straight from the objects; only what the socket
+    /// does not take is queued (`bytes` by reference, other buffers copied).
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         if !queues_views(py) {
@@ -612,32 +626,39 @@ impl StreamCore {
         if conn_lost > 0 {
             return this.count_lost_write(py, conn_lost);
         }
+        // Every item becomes a memoryview first, as asyncio's list comprehension does, so
+        // an item that is no buffer fails before anything is checked or sent.
         let memoryview = py.import("builtins")?.getattr(intern!(py, "memoryview"))?;
-        let mut views = Vec::new();
+        let mut items = Vec::new();
         for item in list_of_data.try_iter()? {
             let item = item?;
-            if item.is_truthy()? {
-                views.push(memoryview.call1((item,))?);
+            if !item.is_truthy()? {
+                continue;
+            }
+            if item.is_exact_instance_of::<PyBytes>() {
+                items.push(item);
+            } else {
+                items.push(memoryview.call1((item,))?);
             }
         }
-        let mut joined = Vec::new();
-        for view in &views {
-            if !view.getattr(intern!(py, "c_contiguous"))?.is_truthy()? {
+        let mut payloads = Vec::with_capacity(items.len());
+        for item in &items {
+            if let Ok(bytes) = item.cast_exact::<PyBytes>() {
+                payloads.push(Payload::Shared(bytes.clone().unbind()));
+                continue;
+            }
+            if !item.getattr(intern!(py, "c_contiguous"))?.is_truthy()? {
+                drop(payloads);
                 return Self::fatal_error(
                     slf,
                     strided_error(),
                     "Fatal write error on socket transport",
                 );
             }
-            match payload(view)? {
-                Payload::Shared(b) => joined.extend_from_slice(b.bind(py).as_bytes()),
-                Payload::Copied(v) => joined.extend_from_slice(&v),
-                Payload::Strided { .. } => {}
-            }
+            payloads.push(Payload::Exported(ExportedBuffer::readable(item)?));
         }
-        drop(views);
-        let joined = PyBytes::new(py, &joined);
-        Self::write(slf, joined.as_any())
+        drop(items);
+        Self::send_or_queue(slf, payloads)
     }
 
     /// Called by the loop when the fd is writable and output is queued.
@@ -874,6 +895,72 @@ impl StreamCore {
 }
 
 impl StreamCore {
+    /// The data path of `write()`/`writelines()` once their checks passed: sends
+    /// `payloads` with one `send`/`sendmsg` when nothing is queued (and the transport is
+    /// not corked), then queues what the socket did not take, after asking the loop to
+    /// watch for writability (so a loop that refuses leaves nothing queued).
+    fn send_or_queue(slf: &Bound<'_, Self>, payloads: Vec<Payload>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let total: usize = payloads.iter().map(|p| p.bytes(py).len()).sum();
+        if total == 0 {
+            return Ok(());
+        }
+        let (queue_empty, conn_lost, corked) = {
+            let state = this.state.borrow_mut(py);
+            (
+                state.buffer.is_empty(),
+                state.lifecycle.conn_lost,
+                state.cork.is_some(),
+            )
+        };
+        if conn_lost > 0 {
+            return this.count_lost_write(py, conn_lost);
+        }
+        if corked || !queue_empty {
+            let unsent = Unsent::after(py, payloads, 0);
+            unsent.queue(py, &mut this.state.borrow_mut(py).buffer);
+            if corked {
+                return Ok(());
+            }
+            return this.maybe_pause_protocol(py);
+        }
+        let outcome = {
+            let slices: Vec<&[u8]> = payloads
+                .iter()
+                .map(|p| p.bytes(py))
+                .filter(|b| !b.is_empty())
+                .take(MAX_SEND_SLICES)
+                .collect();
+            send_vectored(this.fd, &slices)
+        };
+        let sent = match outcome {
+            Ok(n) => {
+                this.count_written(n);
+                n
+            }
+            Err(err) if would_block(&err) => 0,
+            Err(err) => {
+                drop(payloads);
+                return Self::fatal_error(
+                    slf,
+                    os_error(err),
+                    "Fatal write error on socket transport",
+                );
+            }
+        };
+        if sent == total {
+            return Ok(());
+        }
+        let unsent = Unsent::after(py, payloads, sent);
+        // Before queueing, as asyncio does: when the loop refuses the watch (it is
+        // closed), nothing stays queued that would never be sent, and the next write()
+        // tries again and raises again.
+        Self::watch(slf, intern!(py, "_add_writer"), "_write_ready")?;
+        unsent.queue(py, &mut this.state.borrow_mut(py).buffer);
+        this.maybe_pause_protocol(py)
+    }
+
     /// The queue just drained (writer watch already off): resolve the sendfile waiter,
     /// then finish a close() or write_eof() that waited for it.
     fn after_drain(slf: &Bound<'_, Self>) -> PyResult<()> {
