@@ -40,6 +40,7 @@ use super::lifecycle::{
     clone_of, socket_lifecycle_pymethods, transport_core, write_flow_pymethods, FlowControl,
     Lifecycle, SocketLifecycle, TransportCore, WriteFlow,
 };
+use super::sized_read::{Direct, SizedRead};
 use super::write_buffer::{send_vectored, would_block, WriteBuffer};
 use crate::errors::os_error;
 use crate::framing::{splitter_of, FrameSplitter};
@@ -104,6 +105,8 @@ pub struct StreamCore {
     fd: RawFd,
     /// The loop's byte counters (None for a loop that is not ferroloop's).
     io: Option<std::sync::Arc<IoStats>>,
+    /// Whether `data_received` reads go straight into a `bytes` of their size.
+    sized: SizedRead,
     state: GilCell<StreamState>,
 }
 
@@ -185,14 +188,28 @@ impl StreamCore {
 
     fn read(&self, py: Python<'_>, receiver: &Receiver) -> PyResult<ReadOutcome> {
         match receiver {
-            Receiver::Data(_) => Ok(READ_BUFFER.with_borrow_mut(|buf| {
-                // SAFETY: `buf` is a valid writable region of `buf.len()` bytes.
-                let n = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-                self.count_read(n);
-                classify(n, |n| {
-                    ReadOutcome::Data(PyBytes::new(py, &buf[..n]).unbind())
-                })
-            })),
+            Receiver::Data(_) => {
+                match self
+                    .sized
+                    .try_read(py, self.fd, MAX_READ_SIZE, |n| self.count_read(n))
+                {
+                    Direct::Declined => {}
+                    Direct::Data(bytes) => return Ok(ReadOutcome::Data(bytes)),
+                    Direct::Eof => return Ok(ReadOutcome::Eof),
+                    Direct::Error(err) if would_block(&err) => return Ok(ReadOutcome::NotReady),
+                    Direct::Error(err) => return Ok(ReadOutcome::Failed(err)),
+                    Direct::Failed(err) => return Ok(ReadOutcome::Refused(err)),
+                }
+                Ok(READ_BUFFER.with_borrow_mut(|buf| {
+                    // SAFETY: `buf` is a valid writable region of `buf.len()` bytes.
+                    let n = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                    self.count_read(n);
+                    self.sized.note(n);
+                    classify(n, |n| {
+                        ReadOutcome::Data(PyBytes::new(py, &buf[..n]).unbind())
+                    })
+                }))
+            }
             Receiver::Buffered(get_buffer, _) => {
                 let target = get_buffer.call1(py, (-1,))?;
                 // asyncio's order: `len(buf)` (its errors and an empty buffer are
@@ -435,6 +452,7 @@ impl StreamCore {
         Ok(StreamCore {
             fd,
             io: open.as_ref().map(|o| o.io_arc()),
+            sized: SizedRead::default(),
             state: GilCell::new(StreamState {
                 sock: Some(sock.unbind()),
                 owner: Some(owner),
