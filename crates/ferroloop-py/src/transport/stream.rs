@@ -41,7 +41,7 @@ use super::lifecycle::{
     Lifecycle, SocketLifecycle, TransportCore, WriteFlow,
 };
 use super::sized_read::{Direct, SizedRead};
-use super::write_buffer::{send_vectored, would_block, WriteBuffer};
+use super::write_buffer::{send, send_vectored, would_block, WriteBuffer};
 use crate::errors::os_error;
 use crate::framing::{splitter_of, FrameSplitter};
 use crate::gil_cell::GilCell;
@@ -342,7 +342,11 @@ enum Unsent1 {
 }
 
 impl Unsent {
-    fn after(py: Python<'_>, payloads: Vec<Payload>, mut sent: usize) -> Unsent {
+    fn after(
+        py: Python<'_>,
+        payloads: impl IntoIterator<Item = Payload>,
+        mut sent: usize,
+    ) -> Unsent {
         let mut unsent = Unsent {
             started: None,
             rest: Vec::new(),
@@ -607,7 +611,7 @@ impl StreamCore {
                 "Fatal write error on socket transport",
             );
         }
-        Self::send_or_queue(slf, vec![payload])
+        Self::send_or_queue(slf, [payload])
     }
 
     /// Writes every buffer of `list_of_data`, flushing them together.
@@ -917,10 +921,13 @@ impl StreamCore {
     /// `payloads` with one `send`/`sendmsg` when nothing is queued (and the transport is
     /// not corked), then queues what the socket did not take, after asking the loop to
     /// watch for writability (so a loop that refuses leaves nothing queued).
-    fn send_or_queue(slf: &Bound<'_, Self>, payloads: Vec<Payload>) -> PyResult<()> {
+    fn send_or_queue<P>(slf: &Bound<'_, Self>, payloads: P) -> PyResult<()>
+    where
+        P: AsRef<[Payload]> + IntoIterator<Item = Payload>,
+    {
         let py = slf.py();
         let this = slf.get();
-        let total: usize = payloads.iter().map(|p| p.bytes(py).len()).sum();
+        let total: usize = payloads.as_ref().iter().map(|p| p.bytes(py).len()).sum();
         if total == 0 {
             return Ok(());
         }
@@ -943,8 +950,12 @@ impl StreamCore {
             }
             return this.maybe_pause_protocol(py);
         }
-        let outcome = {
+        let outcome = if let [single] = payloads.as_ref() {
+            // One buffer (every write()): no slice list to allocate.
+            send(this.fd, single.bytes(py))
+        } else {
             let slices: Vec<&[u8]> = payloads
+                .as_ref()
                 .iter()
                 .map(|p| p.bytes(py))
                 .filter(|b| !b.is_empty())
