@@ -42,6 +42,24 @@ def test_chunks_concatenate_to_what_was_sent(stream_kit):
     assert not transport.is_closing()
 
 
+def test_large_reads_stay_within_asyncios_read_size_and_end_with_eof(stream_kit):
+    protocol = RecordingProtocol()
+    transport, peer = stream_kit.open(protocol)
+    data = random.Random(2).randbytes(2 * 1024 * 1024 + 5)
+    # Large reads first (ferroloop then reads straight into a bytes of the size waiting),
+    # then a small one, then EOF right behind the data.
+    peer.send(data[:-5])
+    run_until(stream_kit.loop, lambda: protocol.received >= len(data) - 5)
+    peer.send(data[-5:])
+    peer.shutdown_write()
+    run_until(stream_kit.loop, lambda: protocol.lost)
+    assert protocol.data == data
+    assert max(len(chunk) for chunk in protocol.chunks) <= 256 * 1024
+    assert protocol.events[-2:] == ["eof_received", "connection_lost"]
+    assert protocol.lost == [None]
+    assert transport.is_closing()
+
+
 def test_small_messages_arrive_in_order(stream_kit):
     protocol = RecordingProtocol()
     _, peer = stream_kit.open(protocol)

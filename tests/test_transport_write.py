@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import sys
 
 import pytest
@@ -250,6 +251,50 @@ def test_writelines_queues_behind_pending_data(stream_kit):
     assert transport.get_write_buffer_size() == before + 600
     peer.drain(len(data) + 600)
     assert bytes(peer.data) == data + b"x" * 100 + b"y" * 200 + b"z" * 300
+
+
+def test_writelines_sends_a_partly_taken_mix_of_buffers_in_order(stream_kit):
+    transport, peer = stream_kit.open(RecordingProtocol())
+    transport.set_write_buffer_limits(high=64 * 1024 * 1024)
+    rng = random.Random(7)
+    # More than the socket buffers hold, so the send stops inside one of the buffers.
+    lines = [
+        b"head ",
+        rng.randbytes(3 * 1024 * 1024),
+        bytearray(rng.randbytes(2 * 1024 * 1024)),
+        memoryview(rng.randbytes(3 * 1024 * 1024))[5:],
+        b"",
+        b" tail",
+    ]
+    expected = b"".join(bytes(line) for line in lines)
+    transport.writelines(lines)
+    queued = transport.get_write_buffer_size()
+    assert 0 < queued < len(expected)
+    peer.drain(len(expected))
+    assert bytes(peer.data) == expected
+    run_until(stream_kit.loop, lambda: transport.get_write_buffer_size() == 0)
+
+
+# asyncio 3.11 copies the rest of a partly sent write into its queue; 3.12+ keeps a
+# memoryview of it, and ferroloop keeps the bytes object itself (no copy).
+@pytest.mark.parametrize("method", ["write", "writelines"])
+def test_the_unsent_rest_of_a_bytes_object_is_queued_without_a_copy(stream_kit, loop_kind, method):
+    if loop_kind == "asyncio" and sys.version_info < (3, 12):
+        pytest.skip("asyncio 3.11 copies what it queues")
+    transport, peer = stream_kit.open(RecordingProtocol())
+    transport.set_write_buffer_limits(high=64 * 1024 * 1024)
+    data = bytes(range(256)) * (32 * 1024)  # 8 MiB: only part is sent at once
+    references = sys.getrefcount(data)
+    if method == "write":
+        transport.write(data)
+    else:
+        transport.writelines([data])
+    assert 0 < transport.get_write_buffer_size() < len(data)
+    assert sys.getrefcount(data) > references  # the queue holds the object itself
+    peer.drain(len(data))
+    assert bytes(peer.data) == data
+    run_until(stream_kit.loop, lambda: transport.get_write_buffer_size() == 0)
+    assert sys.getrefcount(data) == references
 
 
 def test_writelines_rejects_str(stream_kit):

@@ -5,6 +5,7 @@ pub mod datagram;
 mod exported_buffer;
 pub(crate) mod lifecycle;
 pub mod pipe;
+mod sized_read;
 pub mod stream;
 pub mod tls_pump;
 mod write_buffer;

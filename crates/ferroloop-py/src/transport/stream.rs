@@ -40,7 +40,8 @@ use super::lifecycle::{
     clone_of, socket_lifecycle_pymethods, transport_core, write_flow_pymethods, FlowControl,
     Lifecycle, SocketLifecycle, TransportCore, WriteFlow,
 };
-use super::write_buffer::{send, would_block, WriteBuffer};
+use super::sized_read::{Direct, SizedRead};
+use super::write_buffer::{send, send_vectored, would_block, WriteBuffer};
 use crate::errors::os_error;
 use crate::framing::{splitter_of, FrameSplitter};
 use crate::gil_cell::GilCell;
@@ -48,6 +49,10 @@ use crate::stats::{IoStats, OpenTransport, TransportKind};
 
 /// Bytes one `recv` asks for at most (asyncio's `max_size`).
 const MAX_READ_SIZE: usize = 256 * 1024;
+
+/// Buffers one `write`/`writelines` hands to a single `sendmsg` at most (well under the
+/// kernel's `IOV_MAX`); the rest is queued and goes out with the writer watch.
+const MAX_SEND_SLICES: usize = 64;
 
 thread_local! {
     /// One read buffer per loop thread: reads never nest, and the bytes are copied out
@@ -100,6 +105,8 @@ pub struct StreamCore {
     fd: RawFd,
     /// The loop's byte counters (None for a loop that is not ferroloop's).
     io: Option<std::sync::Arc<IoStats>>,
+    /// Whether `data_received` reads go straight into a `bytes` of their size.
+    sized: SizedRead,
     state: GilCell<StreamState>,
 }
 
@@ -181,14 +188,28 @@ impl StreamCore {
 
     fn read(&self, py: Python<'_>, receiver: &Receiver) -> PyResult<ReadOutcome> {
         match receiver {
-            Receiver::Data(_) => Ok(READ_BUFFER.with_borrow_mut(|buf| {
-                // SAFETY: `buf` is a valid writable region of `buf.len()` bytes.
-                let n = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-                self.count_read(n);
-                classify(n, |n| {
-                    ReadOutcome::Data(PyBytes::new(py, &buf[..n]).unbind())
-                })
-            })),
+            Receiver::Data(_) => {
+                match self
+                    .sized
+                    .try_read(py, self.fd, MAX_READ_SIZE, |n| self.count_read(n))
+                {
+                    Direct::Declined => {}
+                    Direct::Data(bytes) => return Ok(ReadOutcome::Data(bytes)),
+                    Direct::Eof => return Ok(ReadOutcome::Eof),
+                    Direct::Error(err) if would_block(&err) => return Ok(ReadOutcome::NotReady),
+                    Direct::Error(err) => return Ok(ReadOutcome::Failed(err)),
+                    Direct::Failed(err) => return Ok(ReadOutcome::Refused(err)),
+                }
+                Ok(READ_BUFFER.with_borrow_mut(|buf| {
+                    // SAFETY: `buf` is a valid writable region of `buf.len()` bytes.
+                    let n = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                    self.count_read(n);
+                    self.sized.note(n);
+                    classify(n, |n| {
+                        ReadOutcome::Data(PyBytes::new(py, &buf[..n]).unbind())
+                    })
+                }))
+            }
             Receiver::Buffered(get_buffer, _) => {
                 let target = get_buffer.call1(py, (-1,))?;
                 // asyncio's order: `len(buf)` (its errors and an empty buffer are
@@ -288,13 +309,85 @@ fn classify(n: isize, ok: impl FnOnce(usize) -> ReadOutcome) -> ReadOutcome {
     }
 }
 
-/// The bytes of a `write()` argument: `bytes` is kept by reference, anything else copied.
-/// A memoryview that is not C-contiguous is `Strided`: `socket.send` refuses it, so
-/// asyncio's `write()` fails with a `BufferError` instead of sending its bytes.
+/// The bytes of a `write()` argument: `bytes` is kept by reference; a `bytearray` or a
+/// C-contiguous `memoryview` is read in place while the call lasts, and only what the
+/// socket does not take at once is copied. A memoryview that is not C-contiguous is
+/// `Strided`: `socket.send` refuses it, so asyncio's `write()` fails with a `BufferError`
+/// instead of sending its bytes.
 enum Payload {
     Shared(Py<PyBytes>),
-    Copied(Vec<u8>),
+    Exported(ExportedBuffer),
     Strided { empty: bool },
+}
+
+impl Payload {
+    /// The bytes to send (none for a strided view, which is never sent).
+    fn bytes<'a>(&'a self, py: Python<'a>) -> &'a [u8] {
+        match self {
+            Payload::Shared(b) => b.as_bytes(py),
+            Payload::Exported(view) => view.as_slice(),
+            Payload::Strided { .. } => &[],
+        }
+    }
+}
+
+/// What `write()`/`writelines()` leave to the queue once the socket took `sent` bytes:
+/// `bytes` objects by reference (the first one possibly started), other buffers copied.
+/// Made before any call into Python, so no export outlives the send.
+struct Unsent {
+    started: Option<(Py<PyBytes>, usize)>,
+    rest: Vec<Unsent1>,
+}
+
+enum Unsent1 {
+    Shared(Py<PyBytes>),
+    Owned(Vec<u8>),
+}
+
+impl Unsent {
+    fn after(
+        py: Python<'_>,
+        payloads: impl IntoIterator<Item = Payload>,
+        mut sent: usize,
+    ) -> Unsent {
+        let mut unsent = Unsent {
+            started: None,
+            rest: Vec::new(),
+        };
+        for payload in payloads {
+            let len = payload.bytes(py).len();
+            if sent >= len {
+                sent -= len;
+                continue;
+            }
+            match payload {
+                Payload::Shared(b) if sent > 0 => unsent.started = Some((b, sent)),
+                Payload::Shared(b) => unsent.rest.push(Unsent1::Shared(b)),
+                Payload::Exported(view) => unsent
+                    .rest
+                    .push(Unsent1::Owned(view.as_slice()[sent..].to_vec())),
+                Payload::Strided { .. } => {}
+            }
+            sent = 0;
+        }
+        unsent
+    }
+
+    fn queue(self, py: Python<'_>, buffer: &mut WriteBuffer) {
+        if let Some((b, sent)) = self.started {
+            let total = b.as_bytes(py).len();
+            buffer.push_shared_tail(py, b, total, sent);
+        }
+        for piece in self.rest {
+            match piece {
+                Unsent1::Shared(b) => {
+                    let len = b.as_bytes(py).len();
+                    buffer.push_shared(b, len);
+                }
+                Unsent1::Owned(v) => buffer.push_owned(v),
+            }
+        }
+    }
 }
 
 /// The error `socket.send` raises for a memoryview that is not C-contiguous.
@@ -317,18 +410,24 @@ fn queues_items_one_by_one(py: Python<'_>) -> bool {
     *ONE_BY_ONE.get_or_init(py, || py.version_info() >= (3, 15))
 }
 
-/// `memoryview(item)` of every non-empty item of `list_of_data`, pushed onto `views` in
-/// order (so that when one fails, `views` holds those taken before it).
-fn views_of_items<'py>(
+/// Every non-empty item of `list_of_data` as asyncio's `memoryview(item)` takes it (a
+/// `bytes` kept as it is: it needs no view to be sent), pushed onto `items` in order, so
+/// that when one is no buffer, `items` holds those taken before it.
+fn items_of<'py>(
     list_of_data: &Bound<'py, PyAny>,
-    views: &mut Vec<Bound<'py, PyAny>>,
+    items: &mut Vec<Bound<'py, PyAny>>,
 ) -> PyResult<()> {
     let py = list_of_data.py();
     let memoryview = py.import("builtins")?.getattr(intern!(py, "memoryview"))?;
     for item in list_of_data.try_iter()? {
         let item = item?;
-        if item.is_truthy()? {
-            views.push(memoryview.call1((item,))?);
+        if !item.is_truthy()? {
+            continue;
+        }
+        if item.is_exact_instance_of::<PyBytes>() {
+            items.push(item);
+        } else {
+            items.push(memoryview.call1((item,))?);
         }
     }
     Ok(())
@@ -348,13 +447,7 @@ fn payload(data: &Bound<'_, PyAny>) -> PyResult<Payload> {
         });
     }
     if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-        let copy = data
-            .py()
-            .import("builtins")?
-            .getattr("bytes")?
-            .call1((data,))?;
-        let copy = copy.cast_into::<PyBytes>()?;
-        return Ok(Payload::Copied(copy.as_bytes().to_vec()));
+        return Ok(Payload::Exported(ExportedBuffer::readable(data)?));
     }
     Err(not_a_buffer_error(data))
 }
@@ -397,6 +490,7 @@ impl StreamCore {
         Ok(StreamCore {
             fd,
             io: open.as_ref().map(|o| o.io_arc()),
+            sized: SizedRead::default(),
             state: GilCell::new(StreamState {
                 sock: Some(sock.unbind()),
                 owner: Some(owner),
@@ -517,7 +611,7 @@ impl StreamCore {
         let py = slf.py();
         let this = slf.get();
         let payload = payload(data)?;
-        let (queue_empty, conn_lost, corked) = {
+        let (queue_empty, conn_lost) = {
             let state = this.state.borrow_mut(py);
             if state.eof {
                 return Err(PyRuntimeError::new_err(
@@ -529,89 +623,37 @@ impl StreamCore {
                     "unable to write; sendfile is in progress",
                 ));
             }
-            (
-                state.buffer.is_empty(),
-                state.lifecycle.conn_lost,
-                state.cork.is_some(),
-            )
+            (state.buffer.is_empty(), state.lifecycle.conn_lost)
         };
-        let bytes: &[u8] = match &payload {
-            Payload::Shared(b) => b.bind(py).as_bytes(),
-            Payload::Copied(v) => v,
-            Payload::Strided { empty: true } => return Ok(()),
-            Payload::Strided { empty: false } => {
-                if conn_lost > 0 {
-                    return this.count_lost_write(py, conn_lost);
-                }
-                if !queue_empty && !queues_views(py) {
-                    // asyncio 3.11 extends its bytearray queue with it, which fails.
-                    return Err(PyTypeError::new_err(
-                        "can't set bytearray slice from memoryview",
-                    ));
-                }
-                // asyncio's send() (3.12+: its sendmsg() of the queue) fails with it.
-                return Self::fatal_error(
-                    slf,
-                    strided_error(),
-                    "Fatal write error on socket transport",
-                );
-            }
-        };
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        if conn_lost > 0 {
-            return this.count_lost_write(py, conn_lost);
-        }
-        if corked {
-            let mut state = this.state.borrow_mut(py);
-            match &payload {
-                Payload::Shared(b) => state.buffer.push_shared(b.clone_ref(py), bytes.len()),
-                Payload::Copied(v) => state.buffer.push_copy(v),
-                Payload::Strided { .. } => {} // answered above, before any queueing
-            }
-            return Ok(());
-        }
-        let mut sent = 0;
-        if queue_empty {
-            match send(this.fd, bytes) {
-                Ok(n) => {
-                    sent = n;
-                    this.count_written(n);
-                }
-                Err(err) if would_block(&err) => {}
-                Err(err) => {
-                    return Self::fatal_error(
-                        slf,
-                        os_error(err),
-                        "Fatal write error on socket transport",
-                    );
-                }
-            }
-            if sent == bytes.len() {
+        if let Payload::Strided { empty } = payload {
+            if empty {
                 return Ok(());
             }
-            // Before queueing, as asyncio does: when the loop refuses the watch (it is
-            // closed), nothing stays queued that would never be sent, and the next
-            // write() tries again and raises again.
-            Self::watch(slf, intern!(py, "_add_writer"), "_write_ready")?;
-        }
-        {
-            let mut state = this.state.borrow_mut(py);
-            match &payload {
-                Payload::Shared(b) if sent == 0 => {
-                    state.buffer.push_shared(b.clone_ref(py), bytes.len())
-                }
-                _ => state.buffer.push_copy(&bytes[sent..]),
+            if conn_lost > 0 {
+                return this.count_lost_write(py, conn_lost);
             }
+            if !queue_empty && !queues_views(py) {
+                // asyncio 3.11 extends its bytearray queue with it, which fails.
+                return Err(PyTypeError::new_err(
+                    "can't set bytearray slice from memoryview",
+                ));
+            }
+            // asyncio's send() (3.12+: its sendmsg() of the queue) fails with it.
+            return Self::fatal_error(
+                slf,
+                strided_error(),
+                "Fatal write error on socket transport",
+            );
         }
-        this.maybe_pause_protocol(py)
+        Self::send_or_queue(slf, [payload])
     }
 
     /// Writes every buffer of `list_of_data`, flushing them together.
     ///
     /// Python 3.11's asyncio writes `b''.join(list_of_data)` (so its errors are `join`'s);
-    /// 3.12+ checks its own state first and takes each item as a memoryview.
+    /// 3.12+ checks its own state first and takes each item as a memoryview. Here the
+    /// buffers go out with one `sendmsg` straight from the objects; only what the socket
+    /// does not take is queued (`bytes` by reference, other buffers copied).
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         if !queues_views(py) {
@@ -640,46 +682,42 @@ impl StreamCore {
         if conn_lost > 0 {
             return this.count_lost_write(py, conn_lost);
         }
-        let mut views = Vec::new();
-        if let Err(err) = views_of_items(list_of_data, &mut views) {
+        // Every item becomes a memoryview first, as asyncio does, so an item that is no
+        // buffer fails before anything is sent (3.15 keeps the items before it queued).
+        let mut items = Vec::new();
+        if let Err(err) = items_of(list_of_data, &mut items) {
             if queues_items_one_by_one(py) {
-                Self::queue_unsent(slf, &views)?;
+                Self::queue_unsent(slf, &items)?;
             }
             return Err(err);
         }
-        let mut joined = Vec::new();
-        for view in &views {
-            if !view.getattr(intern!(py, "c_contiguous"))?.is_truthy()? {
+        let mut payloads = Vec::with_capacity(items.len());
+        for item in &items {
+            if let Ok(bytes) = item.cast_exact::<PyBytes>() {
+                payloads.push(Payload::Shared(bytes.clone().unbind()));
+                continue;
+            }
+            if !item.getattr(intern!(py, "c_contiguous"))?.is_truthy()? {
+                drop(payloads);
                 return Self::fatal_error(
                     slf,
                     strided_error(),
                     "Fatal write error on socket transport",
                 );
             }
-            match payload(view)? {
-                Payload::Shared(b) => joined.extend_from_slice(b.bind(py).as_bytes()),
-                Payload::Copied(v) => joined.extend_from_slice(&v),
-                Payload::Strided { .. } => {}
-            }
+            payloads.push(Payload::Exported(ExportedBuffer::readable(item)?));
         }
-        drop(views);
-        let joined = PyBytes::new(py, &joined);
-        let queued = {
+        drop(items);
+        let behind_queued = {
             let state = this.state.borrow_mut(py);
             !state.buffer.is_empty() && state.cork.is_none()
         };
-        if !queued {
-            return Self::write(slf, joined.as_any());
+        if !behind_queued {
+            return Self::send_or_queue(slf, payloads);
         }
         // asyncio queues behind what is queued and flushes at once: a queue a failed
         // writelines() left unsent (3.15) has no writer watch until this call.
-        {
-            let len = joined.as_bytes().len();
-            this.state
-                .borrow_mut(py)
-                .buffer
-                .push_shared(joined.unbind(), len);
-        }
+        Unsent::after(py, payloads, 0).queue(py, &mut this.state.borrow_mut(py).buffer);
         Self::_write_ready(slf)?;
         if this.state.borrow_mut(py).buffer.is_empty() {
             return Ok(());
@@ -922,20 +960,92 @@ impl StreamCore {
 }
 
 impl StreamCore {
+    /// The data path of `write()`/`writelines()` once their checks passed: sends
+    /// `payloads` with one `send`/`sendmsg` when nothing is queued (and the transport is
+    /// not corked), then queues what the socket did not take, after asking the loop to
+    /// watch for writability (so a loop that refuses leaves nothing queued).
+    fn send_or_queue<P>(slf: &Bound<'_, Self>, payloads: P) -> PyResult<()>
+    where
+        P: AsRef<[Payload]> + IntoIterator<Item = Payload>,
+    {
+        let py = slf.py();
+        let this = slf.get();
+        let total: usize = payloads.as_ref().iter().map(|p| p.bytes(py).len()).sum();
+        if total == 0 {
+            return Ok(());
+        }
+        let (queue_empty, conn_lost, corked) = {
+            let state = this.state.borrow_mut(py);
+            (
+                state.buffer.is_empty(),
+                state.lifecycle.conn_lost,
+                state.cork.is_some(),
+            )
+        };
+        if conn_lost > 0 {
+            return this.count_lost_write(py, conn_lost);
+        }
+        if corked || !queue_empty {
+            let unsent = Unsent::after(py, payloads, 0);
+            unsent.queue(py, &mut this.state.borrow_mut(py).buffer);
+            if corked {
+                return Ok(());
+            }
+            return this.maybe_pause_protocol(py);
+        }
+        let outcome = if let [single] = payloads.as_ref() {
+            // One buffer (every write()): no slice list to allocate.
+            send(this.fd, single.bytes(py))
+        } else {
+            let slices: Vec<&[u8]> = payloads
+                .as_ref()
+                .iter()
+                .map(|p| p.bytes(py))
+                .filter(|b| !b.is_empty())
+                .take(MAX_SEND_SLICES)
+                .collect();
+            send_vectored(this.fd, &slices)
+        };
+        let sent = match outcome {
+            Ok(n) => {
+                this.count_written(n);
+                n
+            }
+            Err(err) if would_block(&err) => 0,
+            Err(err) => {
+                drop(payloads);
+                return Self::fatal_error(
+                    slf,
+                    os_error(err),
+                    "Fatal write error on socket transport",
+                );
+            }
+        };
+        if sent == total {
+            return Ok(());
+        }
+        let unsent = Unsent::after(py, payloads, sent);
+        // Before queueing, as asyncio does: when the loop refuses the watch (it is
+        // closed), nothing stays queued that would never be sent, and the next write()
+        // tries again and raises again.
+        Self::watch(slf, intern!(py, "_add_writer"), "_write_ready")?;
+        unsent.queue(py, &mut this.state.borrow_mut(py).buffer);
+        this.maybe_pause_protocol(py)
+    }
+
     /// Sends `parts` in order, queued behind what is queued already, with one `sendmsg`
     /// and without joining them: a framed protocol's `write_chunks`, whose large payloads
     /// stay where they are. Checks and errors are those of `writelines()` (3.11: of the
     /// `write()` its `writelines()` makes).
     pub(crate) fn write_parts(slf: &Bound<'_, Self>, parts: &[Py<PyBytes>]) -> PyResult<()> {
         let py = slf.py();
-        let this = slf.get();
         let name = if queues_views(py) {
             "writelines"
         } else {
             "write"
         };
-        let (queue_empty, conn_lost, corked) = {
-            let state = this.state.borrow_mut(py);
+        {
+            let state = slf.get().state.borrow_mut(py);
             if state.eof {
                 return Err(PyRuntimeError::new_err(format!(
                     "Cannot call {name}() after write_eof()"
@@ -946,77 +1056,34 @@ impl StreamCore {
                     "unable to {name}; sendfile is in progress"
                 )));
             }
-            (
-                state.buffer.is_empty(),
-                state.lifecycle.conn_lost,
-                state.cork.is_some(),
-            )
-        };
-        if parts.iter().all(|part| part.as_bytes(py).is_empty()) {
-            return Ok(());
         }
-        if conn_lost > 0 {
-            return this.count_lost_write(py, conn_lost);
-        }
-        {
-            let mut state = this.state.borrow_mut(py);
-            for part in parts {
-                let len = part.as_bytes(py).len();
-                state.buffer.push_shared(part.clone_ref(py), len);
-            }
-        }
-        if corked {
-            return Ok(()); // sent when the read's frames are delivered (uncork)
-        }
-        if queue_empty {
-            let outcome = this.state.borrow_mut(py).buffer.flush(py, this.fd);
-            match outcome {
-                Ok(n) => this.count_written(n),
-                Err(err) if would_block(&err) => {}
-                Err(err) => {
-                    let dropped = this.state.borrow_mut(py).buffer.take();
-                    drop(dropped);
-                    return Self::fatal_error(
-                        slf,
-                        os_error(err),
-                        "Fatal write error on socket transport",
-                    );
-                }
-            }
-            if this.state.borrow_mut(py).buffer.is_empty() {
-                return Ok(());
-            }
-            if let Err(err) = Self::watch(slf, intern!(py, "_add_writer"), "_write_ready") {
-                // As write(): what a closed loop will never send does not stay queued.
-                let dropped = this.state.borrow_mut(py).buffer.take();
-                drop(dropped);
-                return Err(err);
-            }
-        }
-        this.maybe_pause_protocol(py)
+        let payloads: Vec<Payload> = parts
+            .iter()
+            .map(|part| Payload::Shared(part.clone_ref(py)))
+            .collect();
+        Self::send_or_queue(slf, payloads)
     }
 
     /// Queues what Python 3.15's `writelines()` took before an item failed: unsent, with
     /// no writer watch and no pause_writing(), as asyncio leaves it. A view that is not
     /// contiguous fails as asyncio's flush of it would, at once.
-    fn queue_unsent(slf: &Bound<'_, Self>, views: &[Bound<'_, PyAny>]) -> PyResult<()> {
+    fn queue_unsent(slf: &Bound<'_, Self>, items: &[Bound<'_, PyAny>]) -> PyResult<()> {
         let py = slf.py();
-        for view in views {
-            match payload(view)? {
-                Payload::Shared(b) => {
-                    let len = b.bind(py).as_bytes().len();
-                    slf.get().state.borrow_mut(py).buffer.push_shared(b, len);
-                }
-                Payload::Copied(v) => slf.get().state.borrow_mut(py).buffer.push_copy(&v),
+        let mut payloads = Vec::with_capacity(items.len());
+        for item in items {
+            match payload(item)? {
                 Payload::Strided { .. } => {
+                    drop(payloads);
                     return Self::fatal_error(
                         slf,
                         strided_error(),
                         "Fatal write error on socket transport",
                     );
                 }
+                other => payloads.push(other),
             }
         }
+        Unsent::after(py, payloads, 0).queue(py, &mut slf.get().state.borrow_mut(py).buffer);
         Ok(())
     }
 

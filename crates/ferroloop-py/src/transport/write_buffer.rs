@@ -61,8 +61,15 @@ impl WriteBuffer {
     /// Queues a copy of `data`.
     pub fn push_copy(&mut self, data: &[u8]) {
         if !data.is_empty() {
-            self.chunks.push_back(Chunk::Owned(data.to_vec()));
+            self.push_owned(data.to_vec());
+        }
+    }
+
+    /// Queues bytes the caller already copied (no second copy).
+    pub fn push_owned(&mut self, data: Vec<u8>) {
+        if !data.is_empty() {
             self.len += data.len();
+            self.chunks.push_back(Chunk::Owned(data));
         }
     }
 
