@@ -331,8 +331,10 @@ class Server:
             env["GLIBC_TUNABLES"] = STEADY_MALLOC
         if self.kind in FRAMEWORK_KINDS:
             # The bench venv has the frameworks; ferroloop comes from the source tree, where
-            # `tools/dev.py build` puts the extension.
-            env["PYTHONPATH"] = str(ROOT / "python")
+            # `tools/dev.py build` puts the extension. A PYTHONPATH given to the runner is
+            # kept after it (for `--loops NAME=MODULE:FACTORY` modules of one's own).
+            paths = [str(ROOT / "python"), os.environ.get("PYTHONPATH", "")]
+            env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         self.proc = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,
