@@ -175,30 +175,6 @@ class DatagramMixin:
         sock=None,
     ):
         """Creates a datagram endpoint; returns `(transport, protocol)`."""
-        return await self._create_datagram_endpoint(
-            protocol_factory,
-            local_addr,
-            remote_addr,
-            family,
-            proto,
-            flags,
-            reuse_port,
-            allow_broadcast,
-            sock,
-        )
-
-    async def _create_datagram_endpoint(
-        self,
-        protocol_factory,
-        local_addr,
-        remote_addr,
-        family,
-        proto,
-        flags,
-        reuse_port,
-        allow_broadcast,
-        sock,
-    ):
         owned = sock is None
         if sock is not None:
             _check_sock_type(sock)
