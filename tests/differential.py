@@ -19,6 +19,7 @@ import math
 import os
 import socket
 import sys
+import threading
 
 # The exception types whose message is part of asyncio's contract for the calls fuzzed
 # here (code matches on "Event loop is closed", "Cannot call write() after
@@ -49,6 +50,28 @@ def describe_exception(exc: BaseException) -> tuple:
     if isinstance(exc, MESSAGE_COMPARED):
         return (type(exc).__name__, str(exc))
     return (type(exc).__name__,)
+
+
+def assert_only_exceptions_escape(call, in_thread: bool) -> None:
+    """Runs `call()` (on a thread of its own if `in_thread`): an `Exception` from it is a
+    fine answer to misuse; anything else escaping (a panic, SystemExit, ...) fails."""
+    escaped = []
+
+    def guarded():
+        try:
+            call()
+        except Exception:  # noqa: BLE001 (an ordinary exception is a fine answer)
+            pass
+        except BaseException as exc:  # noqa: BLE001 (this is what must never happen)
+            escaped.append(exc)
+
+    if in_thread:
+        thread = threading.Thread(target=guarded)
+        thread.start()
+        thread.join()
+    else:
+        guarded()
+    assert not escaped, f"{describe_exception(escaped[0])} escaped"
 
 
 def describe_value(value: object) -> object:

@@ -20,11 +20,10 @@ import os
 import re
 import socket
 import sys
-import threading
 
 from differential import (
     Side,
-    describe_exception,
+    assert_only_exceptions_escape,
     describe_value,
     open_fds,
     outcome,
@@ -674,23 +673,7 @@ class FerroloopAbuse(RuleBasedStateMachine):
 
     def call(self, call, in_thread):
         FerroloopAbuse.calls += 1
-        escaped = []
-
-        def guarded():
-            try:
-                call()
-            except Exception:  # noqa: BLE001 (an ordinary exception is a fine answer)
-                pass
-            except BaseException as exc:  # noqa: BLE001 (this is what must never happen)
-                escaped.append(exc)
-
-        if in_thread:
-            thread = threading.Thread(target=guarded)
-            thread.start()
-            thread.join()
-        else:
-            guarded()
-        assert not escaped, f"{describe_exception(escaped[0])} escaped"
+        assert_only_exceptions_escape(call, in_thread)
 
     def teardown(self):
         if self.side is not None:

@@ -14,11 +14,11 @@ import asyncio
 import gc
 import os
 import socket
-import threading
 
 from differential import (
     SETTLE_ITERATIONS,
     Mischief,
+    assert_only_exceptions_escape,
     describe_exception,
     describe_value,
     make_loop,
@@ -674,23 +674,7 @@ class FerroloopIoAbuse(RuleBasedStateMachine):
 
     def call(self, call, in_thread):
         FerroloopIoAbuse.calls += 1
-        escaped = []
-
-        def guarded():
-            try:
-                call()
-            except Exception:  # noqa: BLE001 (an ordinary exception is a fine answer)
-                pass
-            except BaseException as exc:  # noqa: BLE001 (this is what must never happen)
-                escaped.append(exc)
-
-        if in_thread:
-            thread = threading.Thread(target=guarded)
-            thread.start()
-            thread.join()
-        else:
-            guarded()
-        assert not escaped, f"{describe_exception(escaped[0])} escaped"
+        assert_only_exceptions_escape(call, in_thread)
 
     def teardown(self):
         if self.side is not None:
