@@ -283,6 +283,72 @@ def test_raw_mode_switch_keeps_bytes_buffered_after_the_switch_point(conns):
     assert events[-1] == ("frame", b"D")
 
 
+class BareTransport(asyncio.Transport):
+    """The least a transport gives a protocol, for tests that call the protocol's
+    methods themselves in an order a real transport may use."""
+
+    def __init__(self):
+        super().__init__()
+        self.closing = False
+        self.reading = True
+
+    def write(self, data):
+        pass
+
+    def is_closing(self):
+        return self.closing
+
+    def close(self):
+        self.closing = True
+
+    def abort(self):
+        self.closing = True
+
+    def pause_reading(self):
+        self.reading = False
+
+    def resume_reading(self):
+        self.reading = True
+
+    def is_reading(self):
+        return self.reading
+
+
+def test_eof_before_the_delivery_after_set_frame_mode_still_gets_the_frames_first(loop):
+    """set_frame_mode(extra) outside a delivery (from a task) delivers `extra` from the
+    loop, later. When the transport's end of input runs first (its handle was queued
+    ahead, in the same iteration), the complete frames in `extra` still reach on_chunk
+    before on_eof, and only the trailing partial frame is incomplete."""
+    events: list = []
+    raw: list = []
+
+    def on_chunk(frame):
+        events.append(("frame", frame))
+        if frame == b"BODY 2":
+            protocol.set_raw_mode(raw.append)
+
+    protocol = ChunkProtocol(
+        Delimiter(b"\r\n"), on_chunk, on_eof=lambda error: events.append(("eof", error))
+    )
+
+    async def main():
+        transport = BareTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(b"BODY 2\r\nxyA\r\nB\r\nhal")
+        assert raw == [b"xyA\r\nB\r\nhal"]
+        protocol.set_frame_mode(raw[0][2:])
+        protocol.eof_received()
+        transport.close()
+        protocol.connection_lost(None)
+
+    loop.run_until_complete(main())
+    assert events[:3] == [("frame", b"BODY 2"), ("frame", b"A"), ("frame", b"B")]
+    (_, error), *rest = events[3:]
+    assert isinstance(error, asyncio.IncompleteReadError)
+    assert error.partial == b"hal" and error.expected is None
+    assert rest == []
+
+
 def test_pause_reading_inside_on_chunk_holds_back_buffered_frames(loop, conns):
     def on_chunk(frame):
         got.append(frame)

@@ -175,7 +175,7 @@ def test_call_graph_of_gather(loop):
         # gather's children are awaited by the task that called gather.
         assert [parent.future for parent in graph.awaited_by] == [main_task]
         assert frame_names(graph.awaited_by[0]) == ["main"]
-    for name, text in zip(names, texts):  # noqa: B905 (3.10 has no strict=)
+    for name, text in zip(names, texts, strict=True):
         assert in_order(
             text,
             f"* Task(name={name!r}",

@@ -127,7 +127,7 @@ class RunningMixin:
         results = await tasks.gather(
             *(agen.aclose() for agen in open_agens), return_exceptions=True
         )
-        for agen, result in zip(open_agens, results):  # noqa: B905 (3.10 has no strict=)
+        for agen, result in zip(open_agens, results, strict=True):
             if isinstance(result, Exception):
                 self.call_exception_handler(
                     {

@@ -16,7 +16,7 @@ from asyncio import sslproto, streams
 from ._core import TlsPump
 from ._stream import make_socket_transport
 
-_State = getattr(sslproto, "SSLProtocolState", None)
+_State = sslproto.SSLProtocolState
 
 # Reads never nest on a thread, so the TLS connections of a thread share one buffer: the
 # socket is read into it, then (its bytes copied into the incoming BIO) it takes the
@@ -160,19 +160,6 @@ class TlsProtocol(sslproto.SSLProtocol):
             self._do_shutdown()
 
 
-# Python 3.10's SSLProtocol is the older design (an _SSLPipe, no state machine to hook).
-_Protocol = TlsProtocol if _State is not None else sslproto.SSLProtocol
-
-
-def _timeouts(handshake, shutdown):
-    """SSLProtocol's timeout keywords. Python 3.10's SSLProtocol has no shutdown timeout
-    (asyncio 3.10 has no such argument either), so it is passed only when given."""
-    timeouts = {"ssl_handshake_timeout": handshake}
-    if shutdown is not None:
-        timeouts["ssl_shutdown_timeout"] = shutdown
-    return timeouts
-
-
 def make_ssl_transport(
     loop,
     sock,
@@ -193,14 +180,15 @@ def make_ssl_transport(
     `waiter` gets its result once the handshake completed, or the handshake's exception.
     `context` is the socket transport's (see make_socket_transport).
     """
-    tls = _Protocol(
+    tls = TlsProtocol(
         loop,
         protocol,
         sslcontext,
         waiter,
         server_side,
         server_hostname,
-        **_timeouts(ssl_handshake_timeout, ssl_shutdown_timeout),
+        ssl_handshake_timeout=ssl_handshake_timeout,
+        ssl_shutdown_timeout=ssl_shutdown_timeout,
     )
     make_socket_transport(loop, sock, tls, extra=extra, server=server, context=context)
     return tls._app_transport
@@ -213,11 +201,10 @@ def _move_buffered_stream_data(protocol, tls):
     handshake would never see them (asyncio 3.14, gh-142352)."""
     if not isinstance(protocol, streams.StreamReaderProtocol):
         return
-    incoming = getattr(tls, "_incoming", None)  # Python 3.10's SSLProtocol has none
     reader = getattr(protocol, "_stream_reader", None)
     buffer = getattr(reader, "_buffer", None)
-    if incoming is not None and buffer:
-        incoming.write(buffer)
+    if buffer:
+        tls._incoming.write(buffer)
         buffer.clear()
 
 
@@ -245,7 +232,7 @@ class TlsMixin:
         if not getattr(transport, "_start_tls_compatible", False):
             raise TypeError(f"transport {transport!r} is not supported by start_tls()")
         waiter = self.create_future()
-        tls = _Protocol(
+        tls = TlsProtocol(
             self,
             protocol,
             sslcontext,
@@ -253,7 +240,8 @@ class TlsMixin:
             server_side,
             server_hostname,
             call_connection_made=False,
-            **_timeouts(ssl_handshake_timeout, ssl_shutdown_timeout),
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
         # Paused first, so no byte reaches the TLS protocol before connection_made.
         transport.pause_reading()

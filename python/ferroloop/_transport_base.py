@@ -134,7 +134,7 @@ class SocketTransportBase(CoreTransport, WriteFlowControl):
 
     @property
     def _paused(self):
-        # asyncio's selector transports expose this; Python 3.10's SSLProtocol reads it.
+        # asyncio's selector transports have this attribute (some libraries read it).
         return not self._core.is_reading() and not self._core.is_closing()
 
     def close(self):

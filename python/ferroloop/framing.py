@@ -378,11 +378,29 @@ class ChunkProtocol(asyncio.Protocol):
         _close_at_once(self._raw_transport)
 
     def eof_received(self):
+        if not self._deliver_held_before_eof():
+            return None
         error = self._incomplete()
         if self._on_eof is not None:
             return self._on_eof(error)
         self._error = self._error or error
         return None
+
+    def _deliver_held_before_eof(self):
+        """Bytes a mode switch held back for a delivery the loop has not run yet reach
+        `on_chunk` / `on_data` before the end of input is reported. False when a delivery
+        failed (the connection is then being closed with that error)."""
+        splitter = self._splitter
+        if splitter.stopped or splitter.paused or splitter.delivering:
+            return True
+        try:
+            splitter.dispatch()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._framing_failed(exc)
+            return False
+        return True
 
     def connection_lost(self, exc):
         self._splitter.stop()
