@@ -18,7 +18,8 @@ of; strace slows the server, so only the counts mean anything, not the times).
         --cases starlette,fastapi,aiohttp,aiohttp:102400,websockets,lines [--syscalls]
 
 Cases are framework_apps.py apps (`APP[:SIZE]`, run in the frameworks venv) or
-servers.py kinds (`proto`, `bufproto`, `streams`, `sockets`, `http`, with `:SIZE`).
+servers.py kinds (`proto`, `bufproto`, `streams`, `sockets`, `http`, `proto+tls`,
+`http+tls`), each with an optional `:SIZE` (default 1024).
 Needs valgrind (callgrind_control, callgrind_annotate) and, for --syscalls, strace.
 """
 
@@ -60,6 +61,7 @@ class Case:
 
     def __init__(self, text: str) -> None:
         kind, _, size = text.partition(":")
+        kind, self.tls = kind.removesuffix("+tls"), kind.endswith("+tls")
         if kind not in FRAMEWORK_MODES and kind not in SERVER_MODES:
             known = ", ".join([*FRAMEWORK_MODES, *SERVER_MODES])
             raise ValueError(f"unknown case {kind!r} (known: {known})")
@@ -67,16 +69,21 @@ class Case:
         self.size = int(size) if size else 1024
         self.framework = kind in FRAMEWORK_MODES
         self.mode = FRAMEWORK_MODES.get(kind) or SERVER_MODES[kind]
+        if self.tls and kind not in ("proto", "http"):
+            raise ValueError(f"+tls works with the proto and http kinds, not {kind}")
+        self.ca: Path | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.kind} {self.size}B"
+        return f"{self.kind}{'+tls' if self.tls else ''} {self.size}B"
 
     def server_cmd(self, python: str, loop: str) -> list[str]:
         if self.framework:
             script = [str(HERE / "framework_apps.py"), "--app", self.kind]
         else:
             script = [str(HERE / "servers.py"), "--kind", self.kind]
+        if self.tls:
+            script += ["--tls", "--ca-out", str(self.ca)]
         return [python, *script, "--loop", loop, "--addr", "127.0.0.1:0"]
 
     def load_cmd(self, args: argparse.Namespace, addr: str, seconds: float) -> list[str]:
@@ -84,6 +91,8 @@ class Case:
         cmd += ["-s", str(self.size), "-d", f"{seconds}", "-w", "0"]
         if self.kind == "lines":
             cmd += ["--frames", "lines"]
+        if self.tls:
+            cmd += ["--tls", "--ca", str(self.ca)]
         return cmd
 
 
@@ -160,6 +169,7 @@ def count_instructions(case: Case, loop: str, spec: str, args, python: str, stdl
     workdir = Path(tempfile.mkdtemp(prefix="ferroloop-cg-"))
     try:
         dump = workdir / "callgrind.out"
+        case.ca = workdir / "ca.pem"
         cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
         cmd += [f"--callgrind-out-file={dump}", *case.server_cmd(python, spec)]
         proc, addr = start(cmd, server_env(args), workdir / "server.log")
@@ -187,6 +197,7 @@ def count_instructions(case: Case, loop: str, spec: str, args, python: str, stdl
 def count_syscalls(case: Case, spec: str, args, python: str) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="ferroloop-strace-"))
     try:
+        case.ca = workdir / "ca.pem"
         proc, addr = start(case.server_cmd(python, spec), server_env(args), workdir / "log")
         try:
             load(case, args, addr, 1.0)
@@ -241,8 +252,11 @@ def main() -> int:
         loops[name] = spec if sep else name
     base = ROOT / ".venv" / "bin" / "python"
     base_python = str(base) if base.exists() else sys.executable
+    features = ["--features", "tls"] if any(case.tls for case in cases) else []
     subprocess.run(
-        ["cargo", "build", "--release", "-q", "-p", "ferroloop-loadgen"], cwd=ROOT, check=True
+        ["cargo", "build", "--release", "-q", "-p", "ferroloop-loadgen", *features],
+        cwd=ROOT,
+        check=True,
     )
     args.loadgen = ROOT / "target" / "release" / "loadgen"
     bench_python = None
