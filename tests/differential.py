@@ -193,21 +193,61 @@ class BufferedRecordingProtocol(RecordingBase, asyncio.BufferedProtocol):
         return self._misbehave("buffer_updated")
 
 
-class Side:
-    """One loop kind, with a transport over one end of a socketpair (`peer` is the other)."""
+class LoopSide:
+    """One loop kind whose exception handler calls and callbacks are recorded as events,
+    and the fixed way both loops are run between two compared calls."""
 
-    def __init__(self, kind: str, *, buffered: bool, get_buffer_kind: str) -> None:
+    def __init__(self, kind: str) -> None:
         self.kind = kind
         self.events: list[tuple] = []
         self.mischief: dict[str, str] = {}
+        self.loop = make_loop(kind)
+        self.loop.set_exception_handler(self._handler)
+
+    def record(self, *event) -> None:
+        self.events.append(event)
+
+    def _handler(self, loop, context) -> None:
+        exc = context.get("exception")
+        self.record(
+            "exception_handler",
+            context.get("message"),
+            None if exc is None else describe_exception(exc),
+        )
+
+    def take_events(self) -> list[tuple]:
+        events, self.events = self.events, []
+        return events
+
+    def settle(self) -> tuple:
+        """Runs the loop a fixed number of iterations (unless it is closed or running)."""
+        if self.loop.is_closed():
+            return ("closed",)
+        return tuple(outcome(self.run_briefly) for _ in range(SETTLE_ITERATIONS))
+
+    def run_briefly(self):
+        """`run_until_complete(sleep(0))`; a coroutine the loop refused is closed (never
+        awaited), one whose run was stopped early stays with its task."""
+        coro = asyncio.sleep(0)
+        try:
+            return self.loop.run_until_complete(coro)
+        except RuntimeError as exc:
+            if "stopped before Future completed" not in str(exc):
+                coro.close()
+            raise
+
+
+class Side(LoopSide):
+    """One loop kind, with a transport over one end of a socketpair (`peer` is the other)."""
+
+    def __init__(self, kind: str, *, buffered: bool, get_buffer_kind: str) -> None:
+        super().__init__(kind)
         self.buffered = buffered
         self.get_buffer_kind = get_buffer_kind
         self.read_buffer = bytearray(65536)
         self.keep_open_on_eof = False
         self.received_by_peer = 0
         self.fired = 0
-        self.loop = make_loop(kind)
-        self.loop.set_exception_handler(self._handler)
         self.extra_sockets: list[socket.socket] = []
         ours, self.peer = socket.socketpair()
         self.peer.setblocking(False)
@@ -224,9 +264,6 @@ class Side:
 
     # -- recording ------------------------------------------------------------------------
 
-    def record(self, *event) -> None:
-        self.events.append(event)
-
     def record_data(self, nbytes: int) -> None:
         # Chunking is the loop's business; only the total of consecutive reads counts.
         if self.events and self.events[-1][0] == "data":
@@ -234,39 +271,7 @@ class Side:
         else:
             self.events.append(("data", nbytes))
 
-    def _handler(self, loop, context) -> None:
-        exc = context.get("exception")
-        self.record(
-            "exception_handler",
-            context.get("message"),
-            None if exc is None else describe_exception(exc),
-        )
-
-    def take_events(self) -> list[tuple]:
-        events, self.events = self.events, []
-        return events
-
     # -- driving ----------------------------------------------------------------------
-
-    def settle(self) -> tuple:
-        """Runs the loop a fixed number of iterations (unless it is closed or running)."""
-        if self.loop.is_closed():
-            return ("closed",)
-        results = []
-        for _ in range(SETTLE_ITERATIONS):
-            results.append(outcome(self.run_briefly))
-        return tuple(results)
-
-    def run_briefly(self):
-        """`run_until_complete(sleep(0))`; a coroutine the loop refused is closed (never
-        awaited), one whose run was stopped early stays with its task."""
-        coro = asyncio.sleep(0)
-        try:
-            return self.loop.run_until_complete(coro)
-        except RuntimeError as exc:
-            if "stopped before Future completed" not in str(exc):
-                coro.close()
-            raise
 
     def run(self, coro_function, *args):
         """`run_until_complete(coro_function(*args))` as a task. A run that an earlier

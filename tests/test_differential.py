@@ -568,17 +568,20 @@ async def _coroutine_function(*args):
     return None
 
 
-def report(machine, what):
-    """Prints (for `pytest -s` and dev.py fuzz) how much ran, and checks it all did."""
-    print(f"\n{machine.__name__}: {machine.examples} examples, {what}")
+def run_machine(machine, ci_examples: int, steps: int, counter: str, what: str) -> None:
+    """Runs `machine` with `fuzz_settings(ci_examples, steps)`, prints (for `pytest -s`
+    and dev.py fuzz) how many examples and `counter`s (`what`) ran, and checks that every
+    example did."""
+    fuzz = fuzz_settings(ci_examples, steps)
+    machine.examples = 0
+    setattr(machine, counter, 0)
+    run_state_machine_as_test(machine, settings=fuzz)
+    print(f"\n{machine.__name__}: {machine.examples} examples, {getattr(machine, counter)} {what}")
+    assert machine.examples >= fuzz.max_examples
 
 
 def test_differential_loop_and_transport():
-    fuzz = fuzz_settings(250, 40)
-    LoopAndTransport.examples = LoopAndTransport.comparisons = 0
-    run_state_machine_as_test(LoopAndTransport, settings=fuzz)
-    report(LoopAndTransport, f"{LoopAndTransport.comparisons} calls compared")
-    assert LoopAndTransport.examples >= fuzz.max_examples
+    run_machine(LoopAndTransport, 250, 40, "comparisons", "calls compared")
 
 
 # -- crash resistance of the Rust cores (ferroloop only) ----------------------------------
@@ -685,8 +688,4 @@ class FerroloopAbuse(RuleBasedStateMachine):
 
 
 def test_ferroloop_survives_abuse():
-    fuzz = fuzz_settings(150, 30)
-    FerroloopAbuse.examples = FerroloopAbuse.calls = 0
-    run_state_machine_as_test(FerroloopAbuse, settings=fuzz)
-    report(FerroloopAbuse, f"{FerroloopAbuse.calls} abusive calls")
-    assert FerroloopAbuse.examples >= fuzz.max_examples
+    run_machine(FerroloopAbuse, 150, 30, "calls", "abusive calls")

@@ -16,12 +16,11 @@ import os
 import socket
 
 from differential import (
-    SETTLE_ITERATIONS,
+    LoopSide,
     Mischief,
     assert_only_exceptions_escape,
     describe_exception,
     describe_value,
-    make_loop,
     open_fds,
     outcome,
 )
@@ -33,7 +32,6 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
-    run_state_machine_as_test,
 )
 from test_differential import (
     DELAYS,
@@ -42,58 +40,28 @@ from test_differential import (
     WRITE_DATA,
     _strided,
     comparable,
-    fuzz_settings,
     plain,
-    report,
+    run_machine,
 )
 
 MISCHIEF = [None, "raise", "return_value", "close", "abort", "stop", "run_loop"]
 
 
-class IoSide:
-    """One loop kind with its transports; records callbacks and handler calls."""
+class IoSide(LoopSide):
+    """One loop kind with its pipe and datagram transports; records callbacks and handler
+    calls."""
 
     def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.events: list[tuple] = []
-        self.mischief: dict[str, str] = {}
+        super().__init__(kind)
         self.transports: dict[str, object] = {}
         self.lost: set[str] = set()
-        self.loop = make_loop(kind)
-        self.loop.set_exception_handler(self._handler)
-
-    def record(self, *event) -> None:
-        self.events.append(event)
 
     def _handler(self, loop, context) -> None:
         exc = context.get("exception")
-        message = context.get("message", "")
-        if isinstance(exc, AttributeError) and WRITE_PIPE_LOST_AGAIN in message:
+        if isinstance(exc, AttributeError) and WRITE_PIPE_LOST_AGAIN in context.get("message", ""):
             self.record(*_SECOND_CONNECTION_LOST)
             return
-        self.record(
-            "exception_handler",
-            context.get("message"),
-            None if exc is None else describe_exception(exc),
-        )
-
-    def take_events(self) -> list[tuple]:
-        events, self.events = self.events, []
-        return events
-
-    def run_briefly(self):
-        coro = asyncio.sleep(0)
-        try:
-            return self.loop.run_until_complete(coro)
-        except RuntimeError as exc:
-            if "stopped before Future completed" not in str(exc):
-                coro.close()
-            raise
-
-    def settle(self) -> tuple:
-        if self.loop.is_closed():
-            return ("closed",)
-        return tuple(outcome(self.run_briefly) for _ in range(SETTLE_ITERATIONS))
+        super()._handler(loop, context)
 
     def misbehave(self, name: str):
         """Does what `mischief` says the callback `name` ("<transport>.<callback>") does."""
@@ -708,24 +676,12 @@ class FerroloopIoAbuse(RuleBasedStateMachine):
 
 
 def test_differential_pipes():
-    fuzz = fuzz_settings(60, 30)
-    Pipes.examples = Pipes.comparisons = 0
-    run_state_machine_as_test(Pipes, settings=fuzz)
-    report(Pipes, f"{Pipes.comparisons} calls compared")
-    assert Pipes.examples >= fuzz.max_examples
+    run_machine(Pipes, 60, 30, "comparisons", "calls compared")
 
 
 def test_differential_datagrams():
-    fuzz = fuzz_settings(60, 30)
-    Datagrams.examples = Datagrams.comparisons = 0
-    run_state_machine_as_test(Datagrams, settings=fuzz)
-    report(Datagrams, f"{Datagrams.comparisons} calls compared")
-    assert Datagrams.examples >= fuzz.max_examples
+    run_machine(Datagrams, 60, 30, "comparisons", "calls compared")
 
 
 def test_ferroloop_pipe_and_datagram_cores_survive_abuse():
-    fuzz = fuzz_settings(40, 30)
-    FerroloopIoAbuse.examples = FerroloopIoAbuse.calls = 0
-    run_state_machine_as_test(FerroloopIoAbuse, settings=fuzz)
-    report(FerroloopIoAbuse, f"{FerroloopIoAbuse.calls} abusive calls")
-    assert FerroloopIoAbuse.examples >= fuzz.max_examples
+    run_machine(FerroloopIoAbuse, 40, 30, "calls", "abusive calls")
