@@ -40,6 +40,7 @@ from pathlib import Path
 
 import framework_venv
 import perf_split
+import run_net
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -251,19 +252,12 @@ def main() -> int:
     if missing:
         ap.error(f"needs {', '.join(missing)} (Debian: apt-get install valgrind strace)")
     cases = [Case(text) for text in args.cases.split(",") if text]
-    loops = {}
-    for item in filter(None, (s.strip() for s in args.loops.split(","))):
-        name, sep, spec = item.partition("=")
-        loops[name] = spec if sep else name
+    loops = run_net.parse_loop_specs(args.loops)
     base = ROOT / ".venv" / "bin" / "python"
     base_python = str(base) if base.exists() else sys.executable
-    features = ["--features", "tls"] if any(case.tls for case in cases) else []
-    subprocess.run(
-        ["cargo", "build", "--release", "-q", "-p", "ferroloop-loadgen", *features],
-        cwd=ROOT,
-        check=True,
-    )
-    args.loadgen = ROOT / "target" / "release" / "loadgen"
+    built = argparse.Namespace(no_build=False)
+    run_net.build(built, tls=any(case.tls for case in cases))
+    args.loadgen = built.loadgen
     bench_python = None
     if any(case.framework for case in cases):
         bench_python = str(framework_venv.ensure(base_python))

@@ -499,6 +499,16 @@ def run_load(server: Server, sc: Scenario, args: argparse.Namespace) -> dict:
 # -- the run -----------------------------------------------------------------------------
 
 
+def parse_loop_specs(text: str) -> dict[str, str]:
+    """`--loops`: comma-separated names (asyncio, uvloop, ferroloop) or NAME=MODULE:FACTORY;
+    returns each loop's name and what servers.py's `--loop` takes for it."""
+    specs = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, spec = item.partition("=")
+        specs[name] = spec if sep else name
+    return specs
+
+
 def build(args: argparse.Namespace, tls: bool) -> None:
     """Builds loadgen (with the cargo feature ``tls`` when ``tls``) and the Rust echo server."""
     meta = subprocess.run(
@@ -1092,10 +1102,7 @@ def parse_args() -> argparse.Namespace:
         if (why := perf_split.available()) is not None:
             p.error(f"--perf: {why}")
         args.stdlib_modules = perf_split.stdlib_modules(str(args.bench_python or args.python))
-    args.loop_specs = {}
-    for item in filter(None, (s.strip() for s in args.loops.split(","))):
-        name, sep, spec = item.partition("=")
-        args.loop_specs[name] = spec if sep else name
+    args.loop_specs = parse_loop_specs(args.loops)
     args.columns = ([] if args.no_rust else [RUST]) + list(args.loop_specs)
     if args.ref not in args.loop_specs:
         args.ref = next(iter(args.loop_specs), RUST)
