@@ -393,8 +393,13 @@ class ChunkProtocol(asyncio.Protocol):
         splitter = self._splitter
         if splitter.stopped or splitter.paused or splitter.delivering:
             return True
+        return self._dispatch()
+
+    def _dispatch(self):
+        """Delivers what the splitter holds. False when a delivery failed: the connection
+        is then being closed with that error."""
         try:
-            splitter.dispatch()
+            self._splitter.dispatch()
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -466,12 +471,7 @@ class ChunkProtocol(asyncio.Protocol):
         transport = self._raw_transport
         if self._splitter.stopped or transport.is_closing():
             return
-        try:
-            self._splitter.dispatch()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._framing_failed(exc)
+        if not self._dispatch():
             return
         if not self._splitter.paused:
             transport.resume_reading()
