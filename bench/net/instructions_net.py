@@ -261,10 +261,15 @@ def main() -> int:
     bench_python = None
     if any(case.framework for case in cases):
         bench_python = str(framework_venv.ensure(base_python))
+    stdlib_of = {
+        python: perf_split.stdlib_modules(python)
+        for python in {base_python, bench_python}
+        if python is not None
+    }
     results = []
     for case in cases:
         python = bench_python if case.framework else base_python
-        stdlib = perf_split.stdlib_modules(python)
+        stdlib = stdlib_of[python]
         for name, spec in loops.items():
             row = count_instructions(case, name, spec, args, python, stdlib)
             if args.syscalls:
